@@ -1,0 +1,147 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// fetcher polls the upstream through the rest of the route (the next
+// handler) with a request built from a waiter's request. It keeps no
+// reference to that request: every poll gets its own copy, its own context
+// (which does not end when a client leaves), and its own replacer and vars.
+type fetcher struct {
+	next    caddyhttp.Handler
+	tmpl    *http.Request // no body, no context values
+	server  *caddyhttp.Server
+	values  []ctxValue     // connection-level context values to carry over
+	vars    map[string]any // copied from the waiter's vars
+	authID  any            // {http.auth.user.id} of the waiter, if set
+	maxBody int64
+}
+
+type ctxValue struct{ key, val any }
+
+// pollHeaders are removed from poll requests: the long-poll protocol's own
+// headers, the client's validators and ranges (a poll asks for the whole
+// current representation), and Accept-Encoding (polls ask for the identity
+// encoding; `encode`, in front of this handler, compresses per client).
+var pollHeaders = []string{
+	"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since",
+	"If-Range", "Range", "Accept-Encoding",
+}
+
+// newFetcher builds the fetcher for a watch from its first waiter's
+// request. It runs on that request's goroutine, which owns r's vars.
+func newFetcher(r *http.Request, next caddyhttp.Handler, maxBody int64) *fetcher {
+	tmpl := r.Clone(context.Background())
+	tmpl.Method = http.MethodGet // HEAD requests share the GET watch
+	tmpl.Body, tmpl.ContentLength, tmpl.GetBody = http.NoBody, 0, nil
+	for _, name := range pollHeaders {
+		delete(tmpl.Header, name)
+	}
+	if p := longpoll.StripWait(tmpl.Header.Values("Prefer")); len(p) > 0 {
+		tmpl.Header["Prefer"] = p
+	} else {
+		delete(tmpl.Header, "Prefer")
+	}
+
+	f := &fetcher{next: next, tmpl: tmpl, maxBody: maxBody}
+	ctx := r.Context()
+	f.server, _ = ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	for _, k := range []any{http.ServerContextKey, http.LocalAddrContextKey} {
+		if v := ctx.Value(k); v != nil {
+			f.values = append(f.values, ctxValue{k, v})
+		}
+	}
+	if vars, ok := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		f.vars = make(map[string]any, len(vars))
+		for k, v := range vars {
+			f.vars[k] = v
+		}
+	}
+	if repl, ok := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		f.authID, _ = repl.Get("http.auth.user.id")
+	}
+	return f
+}
+
+// Fetch polls once. A poll is conditional on the upstream's own validators
+// when the last one gave any, so that an unchanged upstream answers 304.
+func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	for _, v := range f.values {
+		ctx = context.WithValue(ctx, v.key, v.val)
+	}
+	req := f.tmpl.Clone(ctx)
+	if prev != nil {
+		if prev.UpstreamETag != "" {
+			req.Header.Set("If-None-Match", prev.UpstreamETag)
+		}
+		if prev.LastModified != "" {
+			req.Header.Set("If-Modified-Since", prev.LastModified)
+		}
+	}
+	rec := longpoll.NewRecorder(f.maxBody)
+	repl := caddy.NewReplacer()
+	req = caddyhttp.PrepareRequest(req, repl, rec, f.server)
+	if vars, ok := req.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		for k, v := range f.vars {
+			if _, set := vars[k]; !set {
+				vars[k] = v
+			}
+		}
+	}
+	if f.authID != nil {
+		repl.Set("http.auth.user.id", f.authID)
+	}
+
+	if err := f.serve(rec, req); err != nil {
+		if rec.Started() && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w: the response did not end within poll_timeout", longpoll.ErrUncacheable)
+		}
+		if _, abort := err.(abortError); !abort || !rec.TooLarge() {
+			return nil, upstreamError(err)
+		}
+	}
+	return rec.Result(req.Header, prev)
+}
+
+// abortError is a handler's panic with http.ErrAbortHandler, which
+// reverse_proxy raises when it cannot finish writing a response (as when the
+// recorder refuses a body over max_body).
+type abortError struct{}
+
+func (abortError) Error() string { return "response aborted" }
+
+// serve runs the next handler, turning its http.ErrAbortHandler panic into an
+// error; other panics propagate to the engine, which logs them.
+func (f *fetcher) serve(rec *longpoll.Recorder, req *http.Request) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if r != http.ErrAbortHandler { //nolint:errorlint // panic values are compared as is
+				panic(r)
+			}
+			err = abortError{}
+		}
+	}()
+	return f.next.ServeHTTP(rec, req)
+}
+
+// upstreamError classifies an error returned by the next handler.
+func upstreamError(err error) error {
+	ue := &longpoll.UpstreamError{Status: http.StatusBadGateway, Err: err}
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		ue.Status = he.StatusCode
+	}
+	return ue
+}

@@ -1,0 +1,229 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+// Package caddymodule registers the longpoll HTTP handler with Caddy: it
+// turns short-polled GET endpoints into long-poll endpoints, polling the
+// upstream through the rest of the route once for all waiting clients.
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the handler's settings.
+const (
+	DefaultMaxWait    = 55 * time.Second
+	DefaultMaxBody    = 1 << 20
+	DefaultMaxWaiters = 10000
+)
+
+// Handler holds long-poll requests until the resource they watch changes.
+//
+// A `GET` or `HEAD` request is a long-poll when it carries `Prefer: wait=N`
+// ([RFC 7240](https://www.rfc-editor.org/rfc/rfc7240)), N in whole seconds,
+// and names the version it already has in `If-None-Match`:
+//
+// - without `If-None-Match`, or when it does not match the current `ETag`,
+// the request is answered at once with the current representation;
+// - when it matches, the request is held until the representation changes
+// (answered with the upstream's status, headers and new body, and a new
+// `ETag`) or until the wait ends (answered `304 Not Modified`).
+//
+// The wait is clamped to `max_wait` and shortened by a small random jitter.
+// Held responses carry `Preference-Applied: wait=N`; long-poll responses carry
+// `Vary: Prefer`. The `ETag` is a strong validator hashed from what the client
+// receives (status, content headers, body), the same on every instance and
+// after every restart; it replaces the upstream's.
+//
+// Requests are grouped by a key (by default the method, host, path, query,
+// `Authorization` and `Cookie`: two users never share a poll). One watch per
+// key polls the upstream through the rest of the route (normally
+// `reverse_proxy`) every `interval` while anyone waits. If the upstream fails
+// (5xx, 429, transport error), the watch backs off; a request whose wait ends
+// while the last poll failed is answered `502` with `Retry-After`.
+//
+// Every other request (other methods, no or invalid `Prefer: wait`, `wait=0`)
+// passes to the next handler untouched.
+//
+// Placeholders set on long-poll requests:
+//
+// | Placeholder | Description |
+// |---|---|
+// | `{http.longpoll.outcome}` | `immediate`, `changed`, `timeout`, `passthrough`, `rejected`, `error`, `shutdown` or `canceled` |
+// | `{http.longpoll.wait}` | the wait applied, in seconds |
+// | `{http.longpoll.held}` | how long the request was held (a duration) |
+type Handler struct {
+	// How often the upstream is polled while at least one client waits on
+	// a key. Must be below `max_wait`. Default: `1s`.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// The longest a request is held: larger `Prefer: wait` values are
+	// clamped to it. Keep it below the idle timeout of load balancers in
+	// front of Caddy (often 60s). Default: `55s`.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+
+	// How long a watch is kept, not polling, after its last client left, so
+	// that clients coming straight back find it warm. Default: `30s`.
+	IdleTTL caddy.Duration `json:"idle_ttl,omitempty"`
+
+	// How long one poll of the upstream may take before it counts as
+	// failed. Default: `10s`.
+	PollTimeout caddy.Duration `json:"poll_timeout,omitempty"`
+
+	// What makes two requests share a poll and a response, as a template
+	// of [placeholders](/docs/conventions#placeholders). The default key is
+	// the method, host, path and query (less the module's own query
+	// parameters) and the `Authorization` and `Cookie` headers, so two users
+	// never share data. Set it only for resources that are the same for
+	// everyone who may see them, e.g. `{host}{path}` for a public resource.
+	// Keys are hashed: they never appear in memory or logs in the clear.
+	Key string `json:"key,omitempty"`
+
+	// The largest response body held and shared, in bytes. A larger
+	// response is passed through to each client instead, never truncated.
+	// Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// The most requests held at once by this handler. Past it, long-poll
+	// requests are answered `503 Service Unavailable` with `Retry-After`.
+	// A negative value removes the cap. Default: `10000`.
+	MaxWaiters int `json:"max_waiters,omitempty"`
+
+	// The most requests held at once for one client address (Caddy's client
+	// IP, which honours `trusted_proxies`). Past it, long-poll requests are
+	// answered `429 Too Many Requests` with `Retry-After`. Many clients can
+	// share an address behind NAT, so there is no cap by default: `0`.
+	MaxWaitersPerClient int `json:"max_waiters_per_client,omitempty"`
+
+	// Lets clients that cannot send headers give the wait and the ETag as
+	// query parameters. They are removed from the request before anything
+	// else sees it, and left out of the key. Off by default.
+	QueryParams *QueryParams `json:"query_params,omitempty"`
+
+	hub     *hub
+	poolKey string
+	gen     uint64
+	logger  *zap.Logger
+	cleaned bool
+}
+
+// QueryParams names the query parameters that stand for `Prefer: wait=N`
+// and `If-None-Match`.
+type QueryParams struct {
+	// The parameter holding the wait, in seconds.
+	Wait string `json:"wait,omitempty"`
+	// The parameter holding the ETag the client has (quoted or not).
+	ETag string `json:"etag,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.longpoll",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler and joins the engine it shares with the
+// same handler of earlier configs, so that a reload keeps held requests and
+// warm watches.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.applyDefaults()
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	hb, key, err := acquireHub(ctx, h)
+	if err != nil {
+		return fmt.Errorf("provisioning longpoll engine: %w", err)
+	}
+	h.hub, h.poolKey = hb, key
+	h.gen = hb.gen.Add(1)
+	return nil
+}
+
+func (h *Handler) applyDefaults() {
+	if h.Interval == 0 {
+		h.Interval = caddy.Duration(longpoll.DefaultInterval)
+	}
+	if h.MaxWait == 0 {
+		h.MaxWait = caddy.Duration(DefaultMaxWait)
+	}
+	if h.IdleTTL == 0 {
+		h.IdleTTL = caddy.Duration(longpoll.DefaultIdleTTL)
+	}
+	if h.PollTimeout == 0 {
+		h.PollTimeout = caddy.Duration(longpoll.DefaultPollTimeout)
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = DefaultMaxBody
+	}
+	if h.MaxWaiters == 0 {
+		h.MaxWaiters = DefaultMaxWaiters
+	}
+}
+
+// Validate checks the settings; errors name the JSON key.
+func (h *Handler) Validate() error {
+	var errs []error
+	check := func(bad bool, format string, args ...any) {
+		if bad {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(h.Interval <= 0, "interval must be positive, got %v", time.Duration(h.Interval))
+	check(h.MaxWait < caddy.Duration(time.Second), "max_wait must be at least 1s, got %v", time.Duration(h.MaxWait))
+	check(h.Interval > 0 && h.Interval >= h.MaxWait,
+		"interval (%v) must be below max_wait (%v)", time.Duration(h.Interval), time.Duration(h.MaxWait))
+	check(h.IdleTTL < 0, "idle_ttl must not be negative, got %v", time.Duration(h.IdleTTL))
+	check(h.PollTimeout <= 0, "poll_timeout must be positive, got %v", time.Duration(h.PollTimeout))
+	check(h.MaxBody <= 0, "max_body must be positive, got %d", h.MaxBody)
+	check(h.MaxWaitersPerClient < 0, "max_waiters_per_client must not be negative, got %d", h.MaxWaitersPerClient)
+	if qp := h.QueryParams; qp != nil {
+		check(qp.Wait == "" || qp.ETag == "", "query_params needs both a wait and an etag parameter name")
+		check(qp.Wait != "" && qp.Wait == qp.ETag, "query_params wait and etag must differ, both are %q", qp.Wait)
+	}
+	return errors.Join(errs...)
+}
+
+// Cleanup leaves the shared engine; the last handler to leave it closes it,
+// which answers its held requests at once.
+func (h *Handler) Cleanup() error {
+	// h.hub stays set: requests still in flight on this handler use it.
+	if h.hub == nil || h.cleaned {
+		return nil
+	}
+	h.cleaned = true
+	_, err := hubs.Delete(h.poolKey)
+	return err
+}
+
+// engineConfig is the engine configuration for h's settings.
+func (h *Handler) engineConfig() longpoll.Config {
+	return longpoll.Config{
+		Interval:    time.Duration(h.Interval),
+		IdleTTL:     time.Duration(h.IdleTTL),
+		PollTimeout: time.Duration(h.PollTimeout),
+	}
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,132 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// hubs holds the running engines so that they survive config reloads: a
+// handler whose settings did not change joins the engine of its predecessor,
+// with its warm watches and held requests.
+var hubs = caddy.NewUsagePool()
+
+// hub is what handlers with the same settings share across reloads.
+type hub struct {
+	engine  *longpoll.Engine
+	limiter longpoll.Limiter
+	// gen counts the handlers that joined the hub; a watch moves to the
+	// poll path (next handler) of the newest one.
+	gen         atomic.Uint64
+	lastCapWarn atomic.Int64 // unix nanoseconds
+	stop        chan struct{}
+}
+
+// exitCheckInterval is how often a hub checks whether the process is
+// exiting, to answer its held requests at once rather than keep the server's
+// shutdown waiting for them.
+const exitCheckInterval = 200 * time.Millisecond
+
+func newHub(cfg longpoll.Config, logger *zap.Logger) (*hub, error) {
+	e, err := longpoll.New(cfg, longpoll.WithLogger(logger))
+	if err != nil {
+		return nil, err
+	}
+	hb := &hub{engine: e, stop: make(chan struct{})}
+	go hb.watchExit()
+	return hb, nil
+}
+
+// watchExit closes the engine when the process starts exiting. Caddy stops
+// its servers before it cleans modules up, and a server's graceful shutdown
+// waits for every request in flight: without this, held requests would hold
+// up the exit until their wait ends.
+func (hb *hub) watchExit() {
+	t := time.NewTicker(exitCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-hb.stop:
+			return
+		case <-t.C:
+			if caddy.Exiting() {
+				_ = hb.engine.Close()
+				return
+			}
+		}
+	}
+}
+
+// Destruct closes the engine when the last handler using it is cleaned up.
+func (hb *hub) Destruct() error {
+	close(hb.stop)
+	return hb.engine.Close()
+}
+
+// acquireHub returns the hub for h's settings, creating it if no earlier
+// config has one. Handlers are told apart by their settings and, among
+// handlers with identical settings in one config, by their order.
+func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
+	conf, err := json.Marshal(h)
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(conf)
+	id := hex.EncodeToString(sum[:16])
+	key := "longpoll:" + id + "#" + strconv.Itoa(ordinal(ctx.Context, id))
+	val, _, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newHub(h.engineConfig(), h.logger)
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return val.(*hub), key, nil
+}
+
+// ordinals counts, per config load, the handlers with the same settings.
+var ordinals sync.Map // context.Context -> *ordinalCounter
+
+type ordinalCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// ordinal returns how many handlers with settings id the config load of ctx
+// provisioned before this one.
+func ordinal(ctx context.Context, id string) int {
+	v, loaded := ordinals.LoadOrStore(ctx, &ordinalCounter{n: make(map[string]int)})
+	if !loaded {
+		context.AfterFunc(ctx, func() { ordinals.Delete(ctx) })
+	}
+	c := v.(*ordinalCounter)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.n[id]
+	c.n[id] = n + 1
+	return n
+}
+
+// capWarnEvery limits the warning logged when max_waiters rejects requests.
+const capWarnEvery = time.Minute
+
+// capWarning reports whether to log that the cap is reached: at most once
+// per capWarnEvery, never per request.
+func (hb *hub) capWarning() bool {
+	now := time.Now().UnixNano()
+	last := hb.lastCapWarn.Load()
+	return now-last >= int64(capWarnEvery) && hb.lastCapWarn.CompareAndSwap(last, now)
+}

@@ -1,0 +1,261 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// Outcomes, the values of {http.longpoll.outcome}.
+const (
+	outcomeImmediate   = "immediate"   // answered at once with the current representation
+	outcomeChanged     = "changed"     // held, then answered with a new representation
+	outcomeTimeout     = "timeout"     // held until the wait ended: 304
+	outcomePassthrough = "passthrough" // handed to the next handler as is
+	outcomeRejected    = "rejected"    // over a cap: 503 or 429
+	outcomeError       = "error"       // the upstream failed: 502 or 504
+	outcomeShutdown    = "shutdown"    // answered early by a reload or an exit
+	outcomeCanceled    = "canceled"    // the client left
+)
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return next.ServeHTTP(w, r)
+	}
+	lp, ok := h.parseLongPoll(r)
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if r.Header.Get("Range") != "" {
+		// a part of a representation cannot be held for everyone
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		return next.ServeHTTP(w, r)
+	}
+	wait := min(lp.wait, time.Duration(h.MaxWait))
+	if wait = fitWriteTimeout(w, r, wait); wait < time.Second {
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		return next.ServeHTTP(w, r)
+	}
+	lp.wait = wait.Truncate(time.Second)
+	repl.Set("http.longpoll.wait", int(lp.wait/time.Second))
+
+	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	ticket, err := h.hub.limiter.Acquire(clientIP, h.MaxWaiters, h.MaxWaitersPerClient)
+	if err != nil {
+		return h.reject(w, repl, err)
+	}
+	defer ticket.Release()
+
+	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), h.gen, func() longpoll.Fetcher {
+		return newFetcher(r, next, h.MaxBody)
+	})
+	if err != nil {
+		// the engine closed under an old config's handler: serve directly
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		return next.ServeHTTP(w, r)
+	}
+	defer sub.Close()
+	return h.serveWatched(w, r, next, repl, sub, lp)
+}
+
+// longPoll is what a long-poll request asks for.
+type longPoll struct {
+	wait time.Duration
+	inm  []string // If-None-Match values
+}
+
+// serveWatched answers a long-poll request from its watch: at once, when
+// the representation changes, or when the wait ends.
+func (h *Handler) serveWatched(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	repl *caddy.Replacer, sub *longpoll.Subscription, lp longPoll,
+) error {
+	start := time.Now()
+	// Shorten each wait by up to a tenth, so that clients released together
+	// by one change do not all come back at the same instant next time.
+	timer := time.NewTimer(lp.wait - rand.N(lp.wait/10+1))
+	defer timer.Stop()
+	done := r.Context().Done()
+
+	st := sub.State()
+	held := false
+	for {
+		var wake <-chan struct{}
+		switch {
+		case st.Pending():
+			wake = st.Changed() // the watch's first poll
+		case h.mustHold(st, lp, r):
+			wake, held = st.Changed(), true
+		case sub.Stale() != nil:
+			// An answer given at once must not be older than one interval:
+			// wait for the poll this request started on an idle watch.
+			wake = sub.Stale()
+		default:
+			return h.finish(w, r, next, repl, st, lp, start, held)
+		}
+		select {
+		case <-wake:
+			st = sub.State()
+		case <-timer.C:
+			return h.finish(w, r, next, repl, sub.State(), lp, start, true)
+		case <-done:
+			repl.Set("http.longpoll.outcome", outcomeCanceled)
+			repl.Set("http.longpoll.held", time.Since(start))
+			return nil
+		}
+	}
+}
+
+// mustHold reports whether the request waits for a change in state st.
+func (h *Handler) mustHold(st *longpoll.State, lp longPoll, r *http.Request) bool {
+	switch {
+	case st.Closed, st.Passthrough:
+		return false
+	case st.Snapshot == nil:
+		// The first poll failed: a client that has a version of its own
+		// waits for the watch to reach the upstream; one that has none is
+		// told at once.
+		return len(lp.inm) > 0
+	case !st.Snapshot.VaryMatches(r.Header):
+		return false
+	}
+	return longpoll.MatchETag(lp.inm, st.Snapshot.ETag)
+}
+
+// finish answers the request from state st. timedOut is set when the wait
+// ended; held when the request was held at all.
+func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	repl *caddy.Replacer, st *longpoll.State, lp longPoll, start time.Time, held bool,
+) error {
+	if held {
+		repl.Set("http.longpoll.held", time.Since(start))
+	}
+	outcome := outcomeImmediate
+	switch {
+	case st.Closed:
+		outcome = outcomeShutdown
+	case held:
+		outcome = outcomeChanged
+	}
+	switch {
+	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
+		st.Closed && st.Snapshot == nil && st.Failure == nil:
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		return next.ServeHTTP(w, r)
+	case st.Failure != nil:
+		repl.Set("http.longpoll.outcome", outcomeError)
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(st.Failure.RetryAfter.Seconds()+0.5))))
+		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("polling upstream: %w", st.Failure.Err))
+	case st.Snapshot == nil:
+		repl.Set("http.longpoll.outcome", outcomeError)
+		w.Header().Set("Retry-After", "1")
+		return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
+	case longpoll.MatchETag(lp.inm, st.Snapshot.ETag):
+		if outcome != outcomeShutdown {
+			outcome = outcomeTimeout
+		}
+		repl.Set("http.longpoll.outcome", outcome)
+		writeNotModified(w, st.Snapshot, lp.wait)
+		return nil
+	}
+	repl.Set("http.longpoll.outcome", outcome)
+	writeSnapshot(w, r, st.Snapshot, lp.wait, held)
+	return nil
+}
+
+// reject answers a request over a cap.
+func (h *Handler) reject(w http.ResponseWriter, repl *caddy.Replacer, err error) error {
+	repl.Set("http.longpoll.outcome", outcomeRejected)
+	w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
+	status := http.StatusServiceUnavailable
+	if errors.Is(err, longpoll.ErrTooManyForClient) {
+		status = http.StatusTooManyRequests
+	} else if h.hub.capWarning() {
+		h.logger.Warn("max_waiters reached: rejecting long-poll requests",
+			zap.Int("max_waiters", h.MaxWaiters))
+	}
+	return caddyhttp.Error(status, err)
+}
+
+// writeSnapshot writes a representation. Its header values are shared by
+// every response, not copied.
+func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration, held bool) {
+	hdr := w.Header()
+	for k, v := range s.Header {
+		hdr[k] = v
+	}
+	if held {
+		hdr["Preference-Applied"] = preferenceApplied(wait)
+	}
+	w.WriteHeader(s.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(s.Body) // a client that left is no error of ours
+	}
+}
+
+// notModifiedHeaders are the fields RFC 9110, section 15.4.5 asks a 304 to
+// repeat from the 200 it stands for.
+var notModifiedHeaders = []string{"Etag", "Vary", "Cache-Control", "Expires", "Content-Location"}
+
+func writeNotModified(w http.ResponseWriter, s *longpoll.Snapshot, wait time.Duration) {
+	hdr := w.Header()
+	for _, k := range notModifiedHeaders {
+		if v, ok := s.Header[k]; ok {
+			hdr[k] = v
+		}
+	}
+	hdr["Preference-Applied"] = preferenceApplied(wait)
+	w.WriteHeader(http.StatusNotModified)
+}
+
+// preferenceApplied returns the Preference-Applied value for a wait, from
+// a table for common waits so that answering allocates nothing.
+func preferenceApplied(wait time.Duration) []string {
+	n := int(wait / time.Second)
+	if n < len(preferenceAppliedValues) {
+		return preferenceAppliedValues[n]
+	}
+	return []string{"wait=" + strconv.Itoa(n)}
+}
+
+var preferenceAppliedValues = func() [][]string {
+	v := make([][]string, 301)
+	for i := range v {
+		v[i] = []string{"wait=" + strconv.Itoa(i)}
+	}
+	return v
+}()
+
+// fitWriteTimeout keeps a server's write_timeout from cutting a held request
+// short: it moves the write deadline past the wait, giving the answer the
+// full write_timeout after it. Where the deadline cannot be moved (with
+// write_idle_timeout, whose hard limit a handler cannot loosen, or a writer
+// that does not support it), it shortens the wait to end in time instead.
+func fitWriteTimeout(w http.ResponseWriter, r *http.Request, wait time.Duration) time.Duration {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || srv.WriteTimeout <= 0 {
+		return wait
+	}
+	wt := time.Duration(srv.WriteTimeout)
+	if srv.WriteIdleTimeout <= 0 {
+		err := http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + wt))
+		if err == nil {
+			return wait
+		}
+	}
+	return min(wait, wt-max(wt/10, time.Second))
+}

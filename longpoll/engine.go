@@ -1,0 +1,132 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// Fetcher performs one poll of the upstream for a watch.
+//
+// Fetch returns the representation as it is now. prev is the watch's
+// current snapshot (nil before the first success): a Fetcher may make its
+// request conditional on prev's upstream validators and return prev itself
+// when the upstream answers 304 Not Modified. Errors are *UpstreamError for
+// a failed poll, or wrap ErrUncacheable for a response that cannot be
+// shared. Fetch must return when ctx ends.
+type Fetcher interface {
+	Fetch(ctx context.Context, prev *Snapshot) (*Snapshot, error)
+}
+
+// FetcherFunc adapts a function to the Fetcher interface.
+type FetcherFunc func(ctx context.Context, prev *Snapshot) (*Snapshot, error)
+
+// Fetch calls f.
+func (f FetcherFunc) Fetch(ctx context.Context, prev *Snapshot) (*Snapshot, error) {
+	return f(ctx, prev)
+}
+
+// Engine keeps the watches, one per key. Create it with New.
+type Engine struct {
+	cfg    Config
+	logger *zap.Logger
+	ctx    context.Context // ends at Close; parent of every poll
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	watches map[Key]*watch
+	closed  bool
+}
+
+// Option sets an optional collaborator of the engine.
+type Option func(*Engine)
+
+// WithLogger makes the engine log through l (default: no logging). The
+// engine logs lifecycle at info and upstream failure transitions at warn,
+// once per transition per watch, never per poll or per subscriber.
+func WithLogger(l *zap.Logger) Option {
+	return func(e *Engine) { e.logger = l }
+}
+
+// New returns a running engine. It starts nothing until the first Subscribe.
+func New(cfg Config, opts ...Option) (*Engine, error) {
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("longpoll config: %w", err)
+	}
+	e := &Engine{cfg: cfg, logger: zap.NewNop(), watches: make(map[Key]*watch)}
+	for _, o := range opts {
+		o(e)
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	return e, nil
+}
+
+// Config returns the engine's configuration, defaults applied.
+func (e *Engine) Config() Config { return e.cfg }
+
+// Subscribe joins the watch for key, creating it if there is none. The
+// watch polls through the Fetcher that newFetcher returns; newFetcher is
+// called only when the watch needs one: when it is created, or when gen is
+// higher than the generation of the Fetcher it has (so that after a config
+// reload the watch moves to the new config's Fetcher with its first new
+// subscriber). The caller must Close the subscription.
+func (e *Engine) Subscribe(key Key, gen uint64, newFetcher func() Fetcher) (*Subscription, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
+	w := e.watches[key]
+	if w != nil && w.expired() {
+		w.retire()
+		w = nil
+	}
+	if w == nil {
+		w = newWatch(e, key)
+		e.watches[key] = w
+	}
+	return w.subscribe(gen, newFetcher), nil
+}
+
+// Len returns the number of watches the engine keeps, polling or idle.
+func (e *Engine) Len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.watches)
+}
+
+// Close stops every watch and wakes every subscriber with a final state
+// whose Closed field is set. It does not wait for polls in flight: their
+// context is cancelled. It is idempotent.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	ws := e.watches
+	e.watches = nil
+	e.mu.Unlock()
+
+	e.cancel()
+	for _, w := range ws {
+		w.close()
+	}
+	e.logger.Info("longpoll engine closed", zap.Int("watches", len(ws)))
+	return nil
+}
+
+// forget removes w from the engine if it is still the watch for its key.
+// It must be called with e.mu held.
+func (e *Engine) forget(w *watch) {
+	if e.watches[w.key] == w {
+		delete(e.watches, w.key)
+	}
+}

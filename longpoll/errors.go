@@ -1,0 +1,43 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll
+
+import (
+	"errors"
+	"strconv"
+	"time"
+)
+
+// ErrClosed is returned by Subscribe once the engine is closed.
+var ErrClosed = errors.New("longpoll: engine closed")
+
+// ErrUncacheable is returned (wrapped) by a Fetcher when the upstream's
+// response cannot be held and shared safely: a body over the size limit, a
+// response that sets cookies, a streamed response. The watch then stops
+// polling and tells its subscribers to pass their requests through.
+var ErrUncacheable = errors.New("longpoll: response cannot be shared")
+
+// UpstreamError is a poll that failed: a transport error, a timeout, or an
+// upstream status that is not a representation (5xx, 429, 408).
+type UpstreamError struct {
+	// Status is the upstream's status code, or 0 for a transport error.
+	Status int
+	// RetryAfter is the delay the upstream asked for with Retry-After, or 0.
+	RetryAfter time.Duration
+	// Err is the underlying error, if any.
+	Err error
+}
+
+func (e *UpstreamError) Error() string {
+	switch {
+	case e.Err != nil && e.Status != 0:
+		return "upstream status " + strconv.Itoa(e.Status) + ": " + e.Err.Error()
+	case e.Err != nil:
+		return "upstream: " + e.Err.Error()
+	default:
+		return "upstream status " + strconv.Itoa(e.Status)
+	}
+}
+
+func (e *UpstreamError) Unwrap() error { return e.Err }

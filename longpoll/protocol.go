@@ -1,0 +1,116 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll
+
+import (
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxETags bounds the entity-tags read from one If-None-Match header; a
+// longer list is treated as matching nothing.
+const MaxETags = 32
+
+// ParseWait returns the wait preference of a request's Prefer header values
+// (RFC 7240, section 4.3) in whole seconds. ok is false when there is none,
+// or when it is not a valid delta-seconds ("abc", negative, overflowing), in
+// which case the preference is ignored, as RFC 7240 asks.
+func ParseWait(prefer []string) (wait time.Duration, ok bool) {
+	for _, line := range prefer {
+		for pref := range strings.SplitSeq(line, ",") {
+			// parameters after ';' belong to the preference; wait takes none
+			pref, _, _ = strings.Cut(pref, ";")
+			name, val, hasVal := strings.Cut(pref, "=")
+			if !strings.EqualFold(strings.TrimSpace(name), "wait") {
+				continue
+			}
+			if !hasVal {
+				return 0, false
+			}
+			val = strings.TrimSpace(val)
+			if len(val) >= 2 && val[0] == '"' && val[len(val)-1] == '"' {
+				val = val[1 : len(val)-1]
+			}
+			n, err := strconv.ParseUint(val, 10, 31)
+			if err != nil || val == "" || val[0] == '+' {
+				return 0, false
+			}
+			return time.Duration(n) * time.Second, true
+		}
+	}
+	return 0, false
+}
+
+// StripWait returns the Prefer header values without the wait preference,
+// for a poll request sent upstream on behalf of long-poll clients.
+func StripWait(prefer []string) []string {
+	var out []string
+	for _, line := range prefer {
+		var kept []string
+		for pref := range strings.SplitSeq(line, ",") {
+			name, _, _ := strings.Cut(pref, "=")
+			name, _, _ = strings.Cut(name, ";")
+			if strings.EqualFold(strings.TrimSpace(name), "wait") {
+				continue
+			}
+			if p := strings.TrimSpace(pref); p != "" {
+				kept = append(kept, p)
+			}
+		}
+		if len(kept) > 0 {
+			out = append(out, strings.Join(kept, ", "))
+		}
+	}
+	return out
+}
+
+// MatchETag reports whether the If-None-Match header values match etag with
+// the weak comparison of RFC 9110, section 8.8.3.2 (which If-None-Match
+// uses): W/"x" matches "x". "*" matches any etag. A list of more than
+// MaxETags entries, or one that does not parse, matches nothing. It does
+// not allocate.
+func MatchETag(ifNoneMatch []string, etag string) bool {
+	etag = strings.TrimPrefix(etag, "W/")
+	count := 0
+	for _, line := range ifNoneMatch {
+		rest := line
+		for {
+			rest = strings.TrimLeft(rest, " \t,")
+			if rest == "" {
+				break
+			}
+			if rest[0] == '*' {
+				return true
+			}
+			tag, next, ok := scanETag(rest)
+			if !ok {
+				return false
+			}
+			count++
+			if count > MaxETags {
+				return false
+			}
+			if tag == etag {
+				return true
+			}
+			rest = next
+		}
+	}
+	return false
+}
+
+// scanETag reads one entity-tag from the start of s and returns its opaque
+// part (with the quotes) and the rest of s.
+func scanETag(s string) (tag, rest string, ok bool) {
+	s = strings.TrimPrefix(s, "W/")
+	if len(s) < 2 || s[0] != '"' {
+		return "", "", false
+	}
+	end := strings.IndexByte(s[1:], '"')
+	if end < 0 {
+		return "", "", false
+	}
+	return s[:end+2], s[end+2:], true
+}

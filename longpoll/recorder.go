@@ -1,0 +1,125 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// errBodyTooLarge is what Recorder.Write returns past the size limit, so
+// that the handler writing the response stops.
+var errBodyTooLarge = errors.New("longpoll: response body over the size limit")
+
+// Recorder is an http.ResponseWriter that captures a response for a
+// Snapshot, holding at most a given number of body bytes. It is for one
+// response, written by one goroutine.
+type Recorder struct {
+	header      http.Header
+	status      int
+	wroteHeader bool
+	body        bytes.Buffer
+	maxBody     int64
+	tooLarge    bool
+}
+
+// NewRecorder returns a Recorder that holds at most maxBody body bytes.
+func NewRecorder(maxBody int64) *Recorder {
+	return &Recorder{header: make(http.Header), status: http.StatusOK, maxBody: maxBody}
+}
+
+// Header implements http.ResponseWriter.
+func (r *Recorder) Header() http.Header { return r.header }
+
+// WriteHeader implements http.ResponseWriter. Informational responses other
+// than 101 are ignored, as a client would not keep them either.
+func (r *Recorder) WriteHeader(code int) {
+	if r.wroteHeader || (code >= 100 && code < 200 && code != http.StatusSwitchingProtocols) {
+		return
+	}
+	r.status, r.wroteHeader = code, true
+}
+
+// Write implements http.ResponseWriter. Past the size limit it returns an
+// error, so that the writer stops, and the response is not shareable.
+func (r *Recorder) Write(p []byte) (int, error) {
+	r.wroteHeader = true
+	if r.tooLarge || int64(r.body.Len())+int64(len(p)) > r.maxBody {
+		r.tooLarge = true
+		return 0, errBodyTooLarge
+	}
+	return r.body.Write(p)
+}
+
+// Flush implements http.Flusher; everything is held until the end anyway.
+func (r *Recorder) Flush() {}
+
+// Started reports whether the response's header or body was written.
+func (r *Recorder) Started() bool { return r.wroteHeader }
+
+// Result turns the recorded response into a Snapshot. reqHeader is the poll
+// request's header (for Vary); prev is the watch's current snapshot, which is
+// returned as is when the upstream answered 304 Not Modified, and whose body is
+// reused when the representation is the same. Errors are *UpstreamError for responses that
+// are failures rather than representations (5xx, 429, 408), or wrap
+// ErrUncacheable for responses that cannot be shared (too large, streamed,
+// setting cookies).
+func (r *Recorder) Result(reqHeader http.Header, prev *Snapshot) (*Snapshot, error) {
+	if r.tooLarge {
+		return nil, fmt.Errorf("%w: its body is over %d bytes", ErrUncacheable, r.maxBody)
+	}
+	if r.status == http.StatusSwitchingProtocols {
+		return nil, fmt.Errorf("%w: it switches protocols", ErrUncacheable)
+	}
+	if mt, _, _ := mime.ParseMediaType(r.header.Get("Content-Type")); mt == "text/event-stream" {
+		return nil, fmt.Errorf("%w: it is an event stream", ErrUncacheable)
+	}
+	switch {
+	case r.status == http.StatusNotModified && prev != nil:
+		return prev, nil
+	case r.status == http.StatusNotModified:
+		return nil, &UpstreamError{Status: r.status, Err: errors.New("304 Not Modified to an unconditional poll")}
+	case r.status >= 500 || r.status == http.StatusTooManyRequests || r.status == http.StatusRequestTimeout:
+		return nil, &UpstreamError{Status: r.status, RetryAfter: ParseRetryAfter(r.header.Get("Retry-After"), time.Now())}
+	}
+	s, err := NewSnapshot(r.status, r.header, r.body.Bytes(), reqHeader)
+	if err != nil {
+		return nil, err
+	}
+	r.header = nil
+	if prev != nil && prev.ETag == s.ETag {
+		// Same representation: keep the body already held, take the new
+		// upstream validators so that the next poll stays conditional.
+		s.Body = prev.Body
+		return s, nil
+	}
+	s.Body = bytes.Clone(s.Body) // exact size: the buffer may have grown past it
+	if s.Body == nil {
+		s.Body = []byte{}
+	}
+	return s, nil
+}
+
+// ParseRetryAfter reads a Retry-After value (delta-seconds or an HTTP date)
+// as a delay from now. It returns 0 for an empty or invalid value.
+func ParseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseUint(v, 10, 31); err == nil {
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// TooLarge reports whether the body went over the size limit.
+func (r *Recorder) TooLarge() bool { return r.tooLarge }

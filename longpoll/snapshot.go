@@ -1,0 +1,162 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Snapshot is one representation of a resource, as a client receives it. It
+// is immutable once built: every subscriber of a watch writes the same
+// Snapshot, with no copy of its header or body.
+type Snapshot struct {
+	// Status is the upstream's status code.
+	Status int
+	// Header holds the response headers sent to clients: the upstream's,
+	// less Date and hop-by-hop fields, with the module's ETag, the body's
+	// Content-Length, and Prefer added to Vary. It must not be modified.
+	Header http.Header
+	// Body is the full response body.
+	Body []byte
+	// ETag is the strong validator clients see, quoted.
+	ETag string
+	// UpstreamETag and LastModified are the upstream's own validators,
+	// sent back on the next poll to make it conditional.
+	UpstreamETag, LastModified string
+	// Vary lists the request header fields, with the poll request's values,
+	// that the upstream said the representation depends on (its Vary
+	// header). A client whose values differ must not be given this snapshot.
+	Vary []VaryField
+}
+
+// VaryField is one request header field a representation depends on.
+type VaryField struct {
+	Name   string // canonical header name
+	Values []string
+}
+
+// hashedHeaders are the response headers that describe the content, and so
+// take part in the ETag along with the status and body. Headers that change
+// on every response (Date, Age, request IDs) must not be among them, or every
+// poll would look like a change.
+var hashedHeaders = []string{
+	"Content-Type", "Content-Encoding", "Content-Language", "Content-Location",
+	"Content-Disposition", "Content-Range", "Location",
+}
+
+// droppedHeaders are never stored in a snapshot: the module replaces or
+// recomputes them, or they describe one connection, not the representation.
+var droppedHeaders = []string{
+	"Etag", "Content-Length", "Date", "Connection", "Keep-Alive", "Proxy-Connection",
+	"Transfer-Encoding", "Upgrade", "Te", "Trailer",
+}
+
+// NewSnapshot builds a snapshot from a complete upstream response. The
+// header is taken over, not copied: the caller must not use it afterwards.
+// reqHeader is the poll request's header, for the upstream's Vary fields.
+// It returns an error wrapping ErrUncacheable for a response that must not
+// be shared: one that sets cookies, declares trailers or varies on everything.
+func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
+	if len(header.Values("Set-Cookie")) > 0 {
+		return nil, fmt.Errorf("%w: it sets cookies", ErrUncacheable)
+	}
+	if len(header.Values("Trailer")) > 0 {
+		return nil, fmt.Errorf("%w: it has trailers", ErrUncacheable)
+	}
+	vary, err := varyFields(header, reqHeader)
+	if err != nil {
+		return nil, err
+	}
+	s := &Snapshot{
+		Status:       status,
+		Body:         body,
+		UpstreamETag: header.Get("Etag"),
+		LastModified: header.Get("Last-Modified"),
+		Vary:         vary,
+	}
+	for _, h := range droppedHeaders {
+		delete(header, h)
+	}
+	s.Header = header
+	s.ETag = s.computeETag()
+	header["Etag"] = []string{s.ETag}
+	header["Content-Length"] = []string{strconv.Itoa(len(body))}
+	header["Vary"] = append(header["Vary"], "Prefer")
+	for k, v := range header {
+		// Full slices: a handler that appends to a value must not write
+		// into the array that every client's response shares.
+		header[k] = slices.Clip(v)
+	}
+	return s, nil
+}
+
+// computeETag hashes what a client receives: status, content headers and
+// body. The hash is the same on every instance and after every restart, so
+// a client can move between them and keep its version.
+func (s *Snapshot) computeETag() string {
+	h := sha256.New()
+	h.Write([]byte(strconv.Itoa(s.Status)))
+	h.Write([]byte{0})
+	for _, name := range hashedHeaders {
+		for _, v := range s.Header.Values(name) {
+			h.Write([]byte(name))
+			h.Write([]byte{':'})
+			h.Write([]byte(v))
+			h.Write([]byte{0})
+		}
+	}
+	h.Write([]byte{0})
+	h.Write(s.Body)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`
+}
+
+// VaryMatches reports whether a request with header reqHeader may be given
+// this snapshot, that is whether it agrees with the poll request on every
+// field the upstream said the representation varies on.
+func (s *Snapshot) VaryMatches(reqHeader http.Header) bool {
+	for _, f := range s.Vary {
+		got := reqHeader.Values(f.Name)
+		if len(got) != len(f.Values) {
+			return false
+		}
+		for i := range got {
+			if got[i] != f.Values[i] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// varyFields reads the upstream's Vary header. Accept-Encoding is left out:
+// polls ask for the identity encoding and any compression is applied per
+// client afterwards. Prefer is left out as the long-poll preference is
+// the module's own.
+func varyFields(header, reqHeader http.Header) ([]VaryField, error) {
+	var fields []VaryField
+	for _, line := range header.Values("Vary") {
+		for name := range strings.SplitSeq(line, ",") {
+			name = http.CanonicalHeaderKey(strings.TrimSpace(name))
+			switch name {
+			case "":
+				continue
+			case "*":
+				return nil, fmt.Errorf("%w: it varies on every request (Vary: *)", ErrUncacheable)
+			case "Accept-Encoding", "Prefer":
+				continue
+			}
+			vals := reqHeader.Values(name)
+			fields = append(fields, VaryField{Name: name, Values: append([]string(nil), vals...)})
+		}
+	}
+	return fields, nil
+}

@@ -1,0 +1,394 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// State is what a watch knows, published as one immutable value. A
+// subscriber reads it and waits on Changed, which is closed when a state
+// that matters to subscribers replaces it: a new representation (a
+// different ETag), the first result of a cold watch, a switch to
+// pass-through, or the engine closing.
+type State struct {
+	// Snapshot is the last representation polled, nil before the first
+	// successful poll.
+	Snapshot *Snapshot
+	// Failure is set while the last poll failed.
+	Failure *Failure
+	// Passthrough is set when the upstream's response cannot be shared:
+	// subscribers must serve their request themselves.
+	Passthrough bool
+	// Closed is set when the engine closed: no state will follow.
+	Closed bool
+
+	changed chan struct{}
+}
+
+// Changed returns a channel that is closed when a new state matters.
+func (s *State) Changed() <-chan struct{} { return s.changed }
+
+// Pending reports whether the watch has no result yet (its first poll is
+// under way).
+func (s *State) Pending() bool {
+	return s.Snapshot == nil && s.Failure == nil && !s.Passthrough && !s.Closed
+}
+
+// Failure describes the failing state of a watch.
+type Failure struct {
+	// Err is the last poll's error.
+	Err error
+	// RetryAfter is the delay before the watch polls again.
+	RetryAfter time.Duration
+	// Count is the number of polls that failed in a row.
+	Count int
+}
+
+// watch polls one key. Lock order: Engine.mu before watch.mu.
+type watch struct {
+	e     *Engine
+	key   Key
+	state atomic.Pointer[State]
+	timer *time.Timer // next poll while subscribed; idle expiry otherwise
+
+	mu        sync.Mutex
+	subs      int
+	fetcher   Fetcher
+	gen       uint64
+	inflight  bool
+	again     bool          // poll again as soon as the one in flight ends
+	pollDone  chan struct{} // closed when the poll in flight ends
+	polledAt  time.Time     // start of the last completed poll
+	notBefore time.Time     // backoff: no poll before this
+	failures  int
+	idleSince time.Time // when the last subscriber left
+	passUntil time.Time // a pass-through watch is probed again after this
+	gone      bool
+}
+
+func newWatch(e *Engine, key Key) *watch {
+	w := &watch{e: e, key: key}
+	w.state.Store(&State{changed: make(chan struct{})})
+	w.timer = time.AfterFunc(time.Hour, w.onTimer)
+	w.timer.Stop()
+	return w
+}
+
+// Subscription is one subscriber's membership of a watch. It is used by one
+// goroutine at a time.
+type Subscription struct {
+	w      *watch
+	await  chan struct{} // a poll to wait for before an immediate answer
+	closed bool
+}
+
+// State returns the watch's current state.
+func (s *Subscription) State() *State { return s.w.state.Load() }
+
+// Fresh returns a state no older than one poll interval, for a request
+// that is answered at once: it waits for the watch's first result, or for
+// the poll that this subscription started because the watch had been idle
+// longer than the interval. It returns ctx's error if ctx ends first.
+func (s *Subscription) Fresh(ctx context.Context) (*State, error) {
+	st := s.State()
+	if st.Pending() {
+		select {
+		case <-st.changed:
+		case <-ctx.Done():
+			return st, ctx.Err()
+		}
+	}
+	if ch := s.Stale(); ch != nil {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return s.State(), ctx.Err()
+		}
+	}
+	return s.State(), nil
+}
+
+// Stale returns, for a subscription that found its watch idle for longer
+// than the interval, the channel of the poll it started, closed when that
+// poll ends; nil otherwise. A request answered at once waits for it, so that
+// it is never given data older than one interval.
+func (s *Subscription) Stale() <-chan struct{} {
+	if s.await != nil {
+		select {
+		case <-s.await:
+			s.await = nil // that poll ended: the state is fresh
+		default:
+		}
+	}
+	return s.await
+}
+
+// Trigger asks the watch to poll as soon as it may (at once unless the
+// upstream is in back-off), even if no subscriber waits; a trigger during a
+// poll causes one more poll right after it, however many triggers come.
+func (s *Subscription) Trigger() { s.w.trigger() }
+
+// Close leaves the watch. It is idempotent.
+func (s *Subscription) Close() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.w.unsubscribe()
+}
+
+func (w *watch) subscribe(gen uint64, newFetcher func() Fetcher) *Subscription {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.subs++
+	if w.fetcher == nil || gen > w.gen {
+		w.fetcher, w.gen = newFetcher(), gen
+	}
+	sub := &Subscription{w: w}
+	if w.subs == 1 {
+		w.idleSince = time.Time{}
+		sub.await = w.activate()
+	}
+	return sub
+}
+
+// activate starts polling for a watch that gets its first subscriber. It
+// returns the channel of a poll that the subscriber must wait for to answer
+// with fresh data, if the watch had been idle longer than the interval.
+// It must be called with w.mu held.
+func (w *watch) activate() chan struct{} {
+	st := w.state.Load()
+	if st.Passthrough || st.Closed {
+		return nil
+	}
+	stale := !st.Pending() && time.Since(w.polledAt) > w.e.cfg.Interval
+	if !w.inflight {
+		w.schedule()
+	}
+	if stale && w.inflight {
+		return w.pollDone
+	}
+	return nil
+}
+
+// schedule starts the next poll if it is due, or sets the timer for it.
+// It must be called with w.mu held, with no poll in flight.
+func (w *watch) schedule() {
+	now := time.Now()
+	due := w.polledAt.Add(w.e.cfg.Interval)
+	if w.again {
+		due = now
+	}
+	if due.Before(w.notBefore) {
+		due = w.notBefore
+	}
+	if due.After(now) {
+		w.timer.Reset(due.Sub(now))
+		return
+	}
+	w.inflight, w.again = true, false
+	w.pollDone = make(chan struct{})
+	go w.poll(w.fetcher, w.state.Load().Snapshot, now, w.pollDone)
+}
+
+func (w *watch) unsubscribe() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.subs--
+	if w.subs == 0 && !w.gone {
+		w.idleSince = time.Now()
+		if !w.inflight && !w.again {
+			w.timer.Reset(w.idleDeadline().Sub(w.idleSince))
+		}
+	}
+}
+
+func (w *watch) trigger() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.gone || w.state.Load().Passthrough {
+		return
+	}
+	w.again = true
+	if !w.inflight {
+		w.schedule()
+	}
+}
+
+// idleDeadline is when an idle watch is forgotten. It must be called with
+// w.mu held.
+func (w *watch) idleDeadline() time.Time {
+	return w.idleSince.Add(w.e.cfg.IdleTTL)
+}
+
+// expired reports whether a pass-through watch should be probed again,
+// which takes a new watch. It must be called with e.mu held.
+func (w *watch) expired() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state.Load().Passthrough && time.Now().After(w.passUntil)
+}
+
+// retire takes w out of service. It must be called with e.mu held.
+func (w *watch) retire() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gone = true
+	w.timer.Stop()
+}
+
+func (w *watch) onTimer() {
+	w.mu.Lock()
+	if w.gone || w.inflight {
+		w.mu.Unlock()
+		return
+	}
+	if w.subs > 0 || w.again {
+		if !w.state.Load().Passthrough {
+			w.schedule()
+		}
+		w.mu.Unlock()
+		return
+	}
+	if wait := time.Until(w.idleDeadline()); wait > 0 {
+		w.timer.Reset(wait)
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+
+	// Forget the idle watch, re-checking under both locks in their order.
+	w.e.mu.Lock()
+	defer w.e.mu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.subs == 0 && !w.inflight && !w.again && !w.gone && !time.Now().Before(w.idleDeadline()) {
+		w.gone = true
+		w.e.forget(w)
+	}
+}
+
+// poll runs one poll and publishes its result.
+func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struct{}) {
+	ctx, cancel := context.WithTimeout(w.e.ctx, w.e.cfg.PollTimeout)
+	snap, err := w.fetch(ctx, f, prev)
+	cancel()
+	if err == nil && snap == nil {
+		err = &UpstreamError{Err: errors.New("fetcher returned no snapshot")}
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	defer close(done)
+	w.inflight = false
+	w.polledAt = start
+	if w.gone {
+		return
+	}
+	switch {
+	case errors.Is(err, ErrUncacheable):
+		w.failures, w.notBefore = 0, time.Time{}
+		w.passUntil = time.Now().Add(w.e.cfg.IdleTTL)
+		w.publish(&State{Passthrough: true}, true)
+		w.e.logger.Debug("upstream response cannot be shared, passing requests through",
+			zap.String("watch", w.key.Short()), zap.Error(err))
+	case err != nil:
+		w.failed(err)
+	default:
+		w.succeeded(snap)
+	}
+	if w.subs > 0 || w.again {
+		if !w.state.Load().Passthrough {
+			w.schedule()
+		}
+	} else {
+		w.timer.Reset(time.Until(w.idleDeadline()))
+	}
+}
+
+// fetch calls f, turning a panic into an error so that a bug fails one poll
+// rather than the whole server.
+func (w *watch) fetch(ctx context.Context, f Fetcher, prev *Snapshot) (snap *Snapshot, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.e.logger.Error("panic during poll", zap.String("watch", w.key.Short()),
+				zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+			snap, err = nil, &UpstreamError{Err: fmt.Errorf("panic during poll: %v", r)}
+		}
+	}()
+	return f.Fetch(ctx, prev)
+}
+
+// failed records a failed poll and backs off. It must be called with w.mu
+// held.
+func (w *watch) failed(err error) {
+	w.failures++
+	var ue *UpstreamError
+	var retryAfter time.Duration
+	if errors.As(err, &ue) {
+		retryAfter = min(ue.RetryAfter, MaxRetryAfter)
+	}
+	d := w.e.cfg.Interval << min(w.failures, 16)
+	d = min(d, w.e.cfg.MaxBackoff)
+	d = d/2 + rand.N(d/2+1) // full jitter on the upper half: never a stampede
+	d = max(d, retryAfter, w.e.cfg.Interval)
+	w.notBefore = time.Now().Add(d)
+
+	cur := w.state.Load()
+	next := *cur
+	next.Failure = &Failure{Err: err, RetryAfter: d, Count: w.failures}
+	w.publish(&next, cur.Pending())
+	if w.failures == 1 {
+		w.e.logger.Warn("upstream poll failing", zap.String("watch", w.key.Short()),
+			zap.Error(err), zap.Duration("retry_in", d))
+	}
+}
+
+// succeeded records a successful poll. It must be called with w.mu held.
+func (w *watch) succeeded(snap *Snapshot) {
+	if w.failures > 0 {
+		w.e.logger.Info("upstream poll recovered", zap.String("watch", w.key.Short()),
+			zap.Int("failed_polls", w.failures))
+	}
+	w.failures, w.notBefore = 0, time.Time{}
+	cur := w.state.Load()
+	changed := cur.Snapshot == nil || cur.Snapshot.ETag != snap.ETag
+	w.publish(&State{Snapshot: snap}, changed)
+}
+
+// publish makes next the current state. If wake is set, next gets a new
+// Changed channel and the old one is closed, waking every subscriber;
+// otherwise next keeps the current channel. It must be called with w.mu
+// held.
+func (w *watch) publish(next *State, wake bool) {
+	cur := w.state.Load()
+	if wake {
+		next.changed = make(chan struct{})
+		w.state.Store(next)
+		close(cur.changed)
+		return
+	}
+	next.changed = cur.changed
+	w.state.Store(next)
+}
+
+// close ends the watch for Engine.Close.
+func (w *watch) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gone = true
+	w.timer.Stop()
+	cur := w.state.Load()
+	w.publish(&State{Snapshot: cur.Snapshot, Failure: cur.Failure, Closed: true}, true)
+}
