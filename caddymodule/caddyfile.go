@@ -50,9 +50,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("%s already specified", name)
+		}
+		seen[name] = true
 		var err error
-		switch d.Val() {
+		switch name {
 		case "interval":
 			err = parseDuration(d, &h.Interval)
 		case "max_wait":
@@ -62,9 +68,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "poll_timeout":
 			err = parseDuration(d, &h.PollTimeout)
 		case "key":
-			if h.Key != "" {
-				return d.Err("key already specified")
-			}
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
@@ -77,16 +80,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_waiters_per_client":
 			err = parseInt(d, &h.MaxWaitersPerClient)
 		case "query_params":
-			if h.QueryParams != nil {
-				return d.Err("query_params already specified")
-			}
 			args := d.RemainingArgs()
 			if len(args) != 2 {
 				return d.ArgErr()
 			}
 			h.QueryParams = &QueryParams{Wait: args[0], ETag: args[1]}
 		default:
-			return d.Errf("unrecognized subdirective '%s'", d.Val())
+			return d.Errf("unrecognized subdirective '%s'", name)
 		}
 		if err != nil {
 			return err
@@ -95,13 +95,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// oneArg reads exactly one argument of the current subdirective, refusing a
-// repeat of a subdirective already set.
-func oneArg(d *caddyfile.Dispenser, set bool) (string, error) {
-	name := d.Val()
-	if set {
-		return "", d.Errf("%s already specified", name)
-	}
+// oneArg reads exactly one argument of the current subdirective.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
 	if !d.NextArg() {
 		return "", d.ArgErr()
 	}
@@ -114,7 +109,7 @@ func oneArg(d *caddyfile.Dispenser, set bool) (string, error) {
 
 func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	name := d.Val()
-	val, err := oneArg(d, *dst != 0)
+	val, err := oneArg(d)
 	if err != nil {
 		return err
 	}
@@ -131,7 +126,7 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 
 func parseInt(d *caddyfile.Dispenser, dst *int) error {
 	name := d.Val()
-	val, err := oneArg(d, *dst != 0)
+	val, err := oneArg(d)
 	if err != nil {
 		return err
 	}
@@ -145,7 +140,7 @@ func parseInt(d *caddyfile.Dispenser, dst *int) error {
 
 func parseSize(d *caddyfile.Dispenser, dst *int64) error {
 	name := d.Val()
-	val, err := oneArg(d, *dst != 0)
+	val, err := oneArg(d)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -192,11 +193,55 @@ func (h *Handler) Validate() error {
 	check(h.PollTimeout <= 0, "poll_timeout must be positive, got %v", time.Duration(h.PollTimeout))
 	check(h.MaxBody <= 0, "max_body must be positive, got %d", h.MaxBody)
 	check(h.MaxWaitersPerClient < 0, "max_waiters_per_client must not be negative, got %d", h.MaxWaitersPerClient)
+	if h.Key != "" {
+		if err := checkKeyTemplate(h.Key); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if qp := h.QueryParams; qp != nil {
 		check(qp.Wait == "" || qp.ETag == "", "query_params needs both a wait and an etag parameter name")
 		check(qp.Wait != "" && qp.Wait == qp.ETag, "query_params wait and etag must differ, both are %q", qp.Wait)
 	}
 	return errors.Join(errs...)
+}
+
+// keyNamespaces are the placeholder namespaces a request can resolve.
+var keyNamespaces = []string{"http.", "env.", "system.", "time.", "file."}
+
+// checkKeyTemplate rejects a key that would make requests for different
+// resources share one response: one with no placeholder, or with a
+// placeholder that resolves to nothing (such as a Caddyfile shorthand like
+// {path} written in JSON, where only full names exist).
+func checkKeyTemplate(key string) error {
+	found := false
+	for rest := key; ; {
+		open := strings.IndexByte(rest, '{')
+		if open < 0 {
+			break
+		}
+		if open > 0 && rest[open-1] == '\\' { // an escaped brace
+			rest = rest[open+1:]
+			continue
+		}
+		end := strings.IndexByte(rest[open:], '}')
+		if end < 0 {
+			break
+		}
+		name := rest[open+1 : open+end]
+		known := false
+		for _, ns := range keyNamespaces {
+			known = known || strings.HasPrefix(name, ns)
+		}
+		if !known {
+			return fmt.Errorf("key: unknown placeholder {%s}; Caddyfile shorthands need their full name in JSON, e.g. {http.request.uri.path} for {path}", name)
+		}
+		found = true
+		rest = rest[open+end+1:]
+	}
+	if !found {
+		return fmt.Errorf("key %q has no placeholder: every request would share one response", key)
+	}
+	return nil
 }
 
 // Cleanup leaves the shared engine; the last handler to leave it closes it,
