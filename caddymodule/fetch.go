@@ -19,11 +19,15 @@ import (
 // handler) with a request built from a waiter's request. It keeps no
 // reference to that request: every poll gets its own copy, its own context
 // (which does not end when a client leaves), and its own replacer and vars.
+//
+// A poll goes through the newest route the hub knows: after a config reload,
+// as soon as the new config has served a long-poll, every watch polls through
+// the new config's handlers, not those of the config it was created in.
 type fetcher struct {
-	next    caddyhttp.Handler
+	hub     *hub
+	own     *route        // the route of the handler that made the fetcher
 	tmpl    *http.Request // no body, no context values
-	server  *caddyhttp.Server
-	values  []ctxValue     // connection-level context values to carry over
+	values  []ctxValue    // connection-level context values to carry over
 	vars    map[string]any // copied from the waiter's vars
 	authID  any            // {http.auth.user.id} of the waiter, if set
 	maxBody int64
@@ -42,7 +46,7 @@ var pollHeaders = []string{
 
 // newFetcher builds the fetcher for a watch from its first waiter's
 // request. It runs on that request's goroutine, which owns r's vars.
-func newFetcher(r *http.Request, next caddyhttp.Handler, maxBody int64) *fetcher {
+func newFetcher(r *http.Request, hb *hub, own *route, maxBody int64) *fetcher {
 	tmpl := r.Clone(context.Background())
 	tmpl.Method = http.MethodGet // HEAD requests share the GET watch
 	tmpl.Body, tmpl.ContentLength, tmpl.GetBody = http.NoBody, 0, nil
@@ -55,9 +59,8 @@ func newFetcher(r *http.Request, next caddyhttp.Handler, maxBody int64) *fetcher
 		delete(tmpl.Header, "Prefer")
 	}
 
-	f := &fetcher{next: next, tmpl: tmpl, maxBody: maxBody}
+	f := &fetcher{hub: hb, own: own, tmpl: tmpl, maxBody: maxBody}
 	ctx := r.Context()
-	f.server, _ = ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	for _, k := range []any{http.ServerContextKey, http.LocalAddrContextKey} {
 		if v := ctx.Value(k); v != nil {
 			f.values = append(f.values, ctxValue{k, v})
@@ -90,9 +93,13 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 			req.Header.Set("If-Modified-Since", prev.LastModified)
 		}
 	}
+	rt := f.own
+	if newest := f.hub.route.Load(); newest != nil && newest.gen > rt.gen {
+		rt = newest
+	}
 	rec := longpoll.NewRecorder(f.maxBody)
 	repl := caddy.NewReplacer()
-	req = caddyhttp.PrepareRequest(req, repl, rec, f.server)
+	req = caddyhttp.PrepareRequest(req, repl, rec, rt.server)
 	if vars, ok := req.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
 		for k, v := range f.vars {
 			if _, set := vars[k]; !set {
@@ -104,7 +111,7 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 		repl.Set("http.auth.user.id", f.authID)
 	}
 
-	if err := f.serve(rec, req); err != nil {
+	if err := serve(rt.next, rec, req); err != nil {
 		if rec.Started() && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("%w: the response did not end within poll_timeout", longpoll.ErrUncacheable)
 		}
@@ -124,7 +131,7 @@ func (abortError) Error() string { return "response aborted" }
 
 // serve runs the next handler, turning its http.ErrAbortHandler panic into an
 // error; other panics propagate to the engine, which logs them.
-func (f *fetcher) serve(rec *longpoll.Recorder, req *http.Request) (err error) {
+func serve(next caddyhttp.Handler, rec *longpoll.Recorder, req *http.Request) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			if r != http.ErrAbortHandler { //nolint:errorlint // panic values are compared as is
@@ -133,7 +140,7 @@ func (f *fetcher) serve(rec *longpoll.Recorder, req *http.Request) (err error) {
 			err = abortError{}
 		}
 	}()
-	return f.next.ServeHTTP(rec, req)
+	return next.ServeHTTP(rec, req)
 }
 
 // upstreamError classifies an error returned by the next handler.

@@ -252,6 +252,7 @@ func (h *Handler) Cleanup() error {
 		return nil
 	}
 	h.cleaned = true
+	h.hub.retireRoute(h.gen)
 	_, err := hubs.Delete(h.poolKey)
 	return err
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
@@ -32,8 +33,54 @@ type hub struct {
 	// gen counts the handlers that joined the hub; a watch moves to the
 	// poll path (next handler) of the newest one.
 	gen         atomic.Uint64
-	lastCapWarn atomic.Int64 // unix nanoseconds
+	route       atomic.Pointer[route] // the newest handler's poll path
+	lastCapWarn atomic.Int64          // unix nanoseconds
 	stop        chan struct{}
+}
+
+// route is the path polls take through a config: the handler after
+// longpoll, and the server, of the handler instance of generation gen.
+type route struct {
+	gen    uint64
+	next   caddyhttp.Handler
+	server *caddyhttp.Server
+}
+
+// routeGrace is how long polls may still go through a replaced config's
+// route, waiting for the new config to serve its first long-poll (which
+// brings the new route), before the watches still on it are detached and
+// their held requests answered.
+const routeGrace = time.Second
+
+// publishRoute records the route of the handler of generation gen, unless a
+// newer one is known. Every fetcher polls through the newest route.
+func (hb *hub) publishRoute(r *route) {
+	for {
+		cur := hb.route.Load()
+		if cur != nil && cur.gen >= r.gen {
+			return
+		}
+		if hb.route.CompareAndSwap(cur, r) {
+			return
+		}
+	}
+}
+
+// retireRoute is called when the handler of generation gen is cleaned up.
+// If its route is the newest known, polls may use it for routeGrace more;
+// then, unless a newer config served a long-poll meanwhile, the watches on
+// it are detached, so that no poll goes through a retired config and their
+// held requests are answered within a second, as after any reload.
+func (hb *hub) retireRoute(gen uint64) {
+	cur := hb.route.Load()
+	if cur == nil || cur.gen != gen {
+		return
+	}
+	time.AfterFunc(routeGrace, func() {
+		if hb.route.CompareAndSwap(cur, nil) {
+			hb.engine.Detach(gen)
+		}
+	})
 }
 
 // exitCheckInterval is how often a hub checks whether the process is

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -47,12 +48,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	wait := min(lp.wait, time.Duration(h.MaxWait))
-	if wait = fitWriteTimeout(w, r, wait); wait < time.Second {
+	if wait = fitWriteTimeout(w, r, wait); wait <= 0 {
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		return next.ServeHTTP(w, r)
 	}
-	lp.wait = wait.Truncate(time.Second)
-	repl.Set("http.longpoll.wait", int(lp.wait/time.Second))
+	lp.wait = wait
+	repl.Set("http.longpoll.wait", int(wait/time.Second))
 
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	ticket, err := h.hub.limiter.Acquire(clientIP, h.MaxWaiters, h.MaxWaitersPerClient)
@@ -62,7 +63,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer ticket.Release()
 
 	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), h.gen, func() longpoll.Fetcher {
-		return newFetcher(r, next, h.MaxBody)
+		// Called when a watch is made, or moves to this (newer) handler:
+		// from then on every watch of the hub polls through this route.
+		srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+		rt := &route{gen: h.gen, next: next, server: srv}
+		h.hub.publishRoute(rt)
+		return newFetcher(r, h.hub, rt, h.MaxBody)
 	})
 	if err != nil {
 		// the engine closed under an old config's handler: serve directly
@@ -123,7 +129,7 @@ func (h *Handler) serveWatched(w http.ResponseWriter, r *http.Request, next cadd
 // mustHold reports whether the request waits for a change in state st.
 func (h *Handler) mustHold(st *longpoll.State, lp longPoll, r *http.Request) bool {
 	switch {
-	case st.Closed, st.Passthrough:
+	case st.Closed, st.Detached, st.Passthrough:
 		return false
 	case st.Snapshot == nil:
 		// The first poll failed: a client that has a version of its own
@@ -145,15 +151,16 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		repl.Set("http.longpoll.held", time.Since(start))
 	}
 	outcome := outcomeImmediate
+	ended := st.Closed || st.Detached // the engine or the watch's route went away
 	switch {
-	case st.Closed:
+	case ended:
 		outcome = outcomeShutdown
 	case held:
 		outcome = outcomeChanged
 	}
 	switch {
 	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
-		st.Closed && st.Snapshot == nil && st.Failure == nil:
+		ended && st.Snapshot == nil && st.Failure == nil:
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		return next.ServeHTTP(w, r)
 	case st.Failure != nil:
@@ -191,19 +198,35 @@ func (h *Handler) reject(w http.ResponseWriter, repl *caddy.Replacer, err error)
 	return caddyhttp.Error(status, err)
 }
 
-// writeSnapshot writes a representation. Its header values are shared by
-// every response, not copied.
+// writeSnapshot writes a representation.
 func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration, held bool) {
-	hdr := w.Header()
-	for k, v := range s.Header {
-		hdr[k] = v
-	}
+	copyHeader(w.Header(), s.Header, nil)
 	if held {
-		hdr["Preference-Applied"] = preferenceApplied(wait)
+		w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	}
 	w.WriteHeader(s.Status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(s.Body) // a client that left is no error of ours
+	}
+}
+
+// copyHeader copies the fields of src (all, or those named in only) into
+// dst. The values are copied into one new array per response: handlers
+// that wrap this one (a deferred `header` directive, say) may edit values in
+// place, and must not edit the snapshot that every client shares.
+func copyHeader(dst, src http.Header, only []string) {
+	n := 0
+	for k, v := range src {
+		if only == nil || slices.Contains(only, k) {
+			n += len(v)
+		}
+	}
+	vals := make([]string, n)
+	for k, v := range src {
+		if only == nil || slices.Contains(only, k) {
+			c := copy(vals, v)
+			dst[k], vals = vals[:c:c], vals[c:]
+		}
 	}
 }
 
@@ -212,13 +235,8 @@ func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot,
 var notModifiedHeaders = []string{"Etag", "Vary", "Cache-Control", "Expires", "Content-Location"}
 
 func writeNotModified(w http.ResponseWriter, s *longpoll.Snapshot, wait time.Duration) {
-	hdr := w.Header()
-	for _, k := range notModifiedHeaders {
-		if v, ok := s.Header[k]; ok {
-			hdr[k] = v
-		}
-	}
-	hdr["Preference-Applied"] = preferenceApplied(wait)
+	copyHeader(w.Header(), s.Header, notModifiedHeaders)
+	w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	w.WriteHeader(http.StatusNotModified)
 }
 
@@ -241,10 +259,11 @@ var preferenceAppliedValues = func() [][]string {
 }()
 
 // fitWriteTimeout keeps a server's write_timeout from cutting a held request
-// short: it moves the write deadline past the wait, giving the answer the
-// full write_timeout after it. Where the deadline cannot be moved (with
-// write_idle_timeout, whose hard limit a handler cannot loosen, or a writer
-// that does not support it), it shortens the wait to end in time instead.
+// short. Without write_idle_timeout, it moves the write deadline past the
+// wait, giving the answer the full write_timeout after it. With it (Caddy's
+// default), write_timeout is a hard limit on the whole response that a
+// handler cannot loosen, so the wait is shortened to end inside it, with a
+// margin of a quarter of write_timeout (at most a second) for the answer.
 func fitWriteTimeout(w http.ResponseWriter, r *http.Request, wait time.Duration) time.Duration {
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	if srv == nil || srv.WriteTimeout <= 0 {
@@ -257,5 +276,5 @@ func fitWriteTimeout(w http.ResponseWriter, r *http.Request, wait time.Duration)
 			return wait
 		}
 	}
-	return min(wait, wt-max(wt/10, time.Second))
+	return min(wait, wt-min(wt/4, time.Second))
 }

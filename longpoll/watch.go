@@ -32,6 +32,10 @@ type State struct {
 	Passthrough bool
 	// Closed is set when the engine closed: no state will follow.
 	Closed bool
+	// Detached is set when the watch lost its Fetcher (Engine.Detach): it
+	// does not poll until a subscriber brings a newer one, and held
+	// subscribers should be answered now from what the state holds.
+	Detached bool
 
 	changed chan struct{}
 }
@@ -42,7 +46,7 @@ func (s *State) Changed() <-chan struct{} { return s.changed }
 // Pending reports whether the watch has no result yet (its first poll is
 // under way).
 func (s *State) Pending() bool {
-	return s.Snapshot == nil && s.Failure == nil && !s.Passthrough && !s.Closed
+	return s.Snapshot == nil && s.Failure == nil && !s.Passthrough && !s.Closed && !s.Detached
 }
 
 // Failure describes the failing state of a watch.
@@ -152,10 +156,20 @@ func (w *watch) subscribe(gen uint64, newFetcher func() Fetcher) *Subscription {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.subs++
+	sub := &Subscription{w: w}
 	if w.fetcher == nil || gen > w.gen {
 		w.fetcher, w.gen = newFetcher(), gen
+		if st := w.state.Load(); st.Detached {
+			// Back in service: the subscribers this concerned have
+			// been woken already, so the new state keeps the channel.
+			next := *st
+			next.Detached = false
+			w.publish(&next, false)
+			if !w.inflight && w.subs > 1 {
+				w.schedule()
+			}
+		}
 	}
-	sub := &Subscription{w: w}
 	if w.subs == 1 {
 		w.idleSince = time.Time{}
 		sub.await = w.activate()
@@ -185,6 +199,9 @@ func (w *watch) activate() chan struct{} {
 // schedule starts the next poll if it is due, or sets the timer for it.
 // It must be called with w.mu held, with no poll in flight.
 func (w *watch) schedule() {
+	if w.fetcher == nil {
+		return // detached: a subscriber with a Fetcher resumes polling
+	}
 	now := time.Now()
 	due := w.polledAt.Add(w.e.cfg.Interval)
 	if w.again {
@@ -381,6 +398,25 @@ func (w *watch) publish(next *State, wake bool) {
 	}
 	next.changed = cur.changed
 	w.state.Store(next)
+}
+
+// detach drops the watch's Fetcher if its generation is at most maxGen, and
+// wakes its subscribers. It reports whether it did.
+func (w *watch) detach(maxGen uint64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.gone || w.fetcher == nil || w.gen > maxGen {
+		return false
+	}
+	w.fetcher = nil
+	w.timer.Stop()
+	next := *w.state.Load()
+	next.Detached = true
+	w.publish(&next, true)
+	if w.subs == 0 && !w.inflight {
+		w.timer.Reset(time.Until(w.idleDeadline()))
+	}
+	return true
 }
 
 // close ends the watch for Engine.Close.
