@@ -25,9 +25,9 @@ import (
 // the new config's handlers, not those of the config it was created in.
 type fetcher struct {
 	hub     *hub
-	own     *route        // the route of the handler that made the fetcher
-	tmpl    *http.Request // no body, no context values
-	values  []ctxValue    // connection-level context values to carry over
+	own     *route         // the route of the handler that made the fetcher
+	tmpl    *http.Request  // no body, no context values
+	values  []ctxValue     // connection-level context values to carry over
 	vars    map[string]any // copied from the waiter's vars
 	authID  any            // {http.auth.user.id} of the waiter, if set
 	maxBody int64
