@@ -19,13 +19,8 @@ import (
 // handler) with a request built from a waiter's request. It keeps no
 // reference to that request: every poll gets its own copy, its own context
 // (which does not end when a client leaves), and its own replacer and vars.
-//
-// A poll goes through the newest route the hub knows: after a config reload,
-// as soon as the new config has served a long-poll, every watch polls through
-// the new config's handlers, not those of the config it was created in.
 type fetcher struct {
-	hub     *hub
-	own     *route         // the route of the handler that made the fetcher
+	route   *route         // the handler chain polls go through
 	tmpl    *http.Request  // no body, no context values
 	values  []ctxValue     // connection-level context values to carry over
 	vars    map[string]any // copied from the waiter's vars
@@ -46,7 +41,7 @@ var pollHeaders = []string{
 
 // newFetcher builds the fetcher for a watch from its first waiter's
 // request. It runs on that request's goroutine, which owns r's vars.
-func newFetcher(r *http.Request, hb *hub, own *route, maxBody int64) *fetcher {
+func newFetcher(r *http.Request, rt *route, maxBody int64) *fetcher {
 	tmpl := r.Clone(context.Background())
 	tmpl.Method = http.MethodGet // HEAD requests share the GET watch
 	tmpl.Body, tmpl.ContentLength, tmpl.GetBody = http.NoBody, 0, nil
@@ -59,7 +54,7 @@ func newFetcher(r *http.Request, hb *hub, own *route, maxBody int64) *fetcher {
 		delete(tmpl.Header, "Prefer")
 	}
 
-	f := &fetcher{hub: hb, own: own, tmpl: tmpl, maxBody: maxBody}
+	f := &fetcher{route: rt, tmpl: tmpl, maxBody: maxBody}
 	ctx := r.Context()
 	for _, k := range []any{http.ServerContextKey, http.LocalAddrContextKey} {
 		if v := ctx.Value(k); v != nil {
@@ -93,13 +88,9 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 			req.Header.Set("If-Modified-Since", prev.LastModified)
 		}
 	}
-	rt := f.own
-	if newest := f.hub.route.Load(); newest != nil && newest.gen > rt.gen {
-		rt = newest
-	}
 	rec := longpoll.NewRecorder(f.maxBody)
 	repl := caddy.NewReplacer()
-	req = caddyhttp.PrepareRequest(req, repl, rec, rt.server)
+	req = caddyhttp.PrepareRequest(req, repl, rec, f.route.server)
 	if vars, ok := req.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
 		for k, v := range f.vars {
 			if _, set := vars[k]; !set {
@@ -111,23 +102,19 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 		repl.Set("http.auth.user.id", f.authID)
 	}
 
-	if err := serve(rt.next, rec, req); err != nil {
+	if err := serve(f.route.next, rec, req); err != nil && !rec.TooLarge() {
 		if rec.Started() && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("%w: the response did not end within poll_timeout", longpoll.ErrUncacheable)
 		}
-		if _, abort := err.(abortError); !abort || !rec.TooLarge() {
-			return nil, upstreamError(err)
-		}
+		return nil, upstreamError(err)
 	}
 	return rec.Result(req.Header, prev)
 }
 
-// abortError is a handler's panic with http.ErrAbortHandler, which
+// errAborted stands for a handler's panic with http.ErrAbortHandler, which
 // reverse_proxy raises when it cannot finish writing a response (as when the
 // recorder refuses a body over max_body).
-type abortError struct{}
-
-func (abortError) Error() string { return "response aborted" }
+var errAborted = errors.New("response aborted")
 
 // serve runs the next handler, turning its http.ErrAbortHandler panic into an
 // error; other panics propagate to the engine, which logs them.
@@ -137,7 +124,7 @@ func serve(next caddyhttp.Handler, rec *longpoll.Recorder, req *http.Request) (e
 			if r != http.ErrAbortHandler { //nolint:errorlint // panic values are compared as is
 				panic(r)
 			}
-			err = abortError{}
+			err = errAborted
 		}
 	}()
 	return next.ServeHTTP(rec, req)

@@ -108,9 +108,9 @@ func TestIntegrationReloadChangedConfig(t *testing.T) {
 // period, and no held client may be told "304 Not Modified" about the old
 // upstream and then be kept waiting.
 func TestIntegrationReloadNewUpstream(t *testing.T) {
-	// A busy server: a long-poll reaches the new config right after the
-	// reload (on another path). That brings the new route, every watch moves
-	// to it, and the held requests are released by the new upstream's data.
+	// A busy server: a request for the same resource reaches the new config
+	// right after the reload. That moves the watch to the new config's
+	// route, and the held requests are released by the new upstream's data.
 	t.Run("busy", func(t *testing.T) {
 		tc := itStart(t)
 		oldUp, newUp := newItUpstream(t), newItUpstream(t)
@@ -121,7 +121,7 @@ func TestIntegrationReloadNewUpstream(t *testing.T) {
 		held, _ := itHoldMany(t, c, 3, "/moved-busy", "wait=10")
 		start := time.Now()
 		itLoad(t, tc, itConfig("", itSite("interval 200ms\nmax_wait 30s", newUp)))
-		itMustSend(t, c, "GET", "/other-path", "Prefer", "wait=1")
+		itMustSend(t, c, "GET", "/moved-busy", "Prefer", "wait=1")
 		for i, ch := range held {
 			r := itReceive(t, ch, 5*time.Second)
 			if r.Status != http.StatusOK || r.Body != "from the new upstream" || time.Since(start) > 2*time.Second {

@@ -50,10 +50,7 @@ func (h *Handler) parseLongPoll(r *http.Request) (longPoll, bool) {
 	}
 	lp.inm = r.Header.Values("If-None-Match")
 	if len(lp.inm) == 0 && qETag != "" {
-		if !strings.HasPrefix(qETag, `"`) && !strings.HasPrefix(qETag, `W/"`) {
-			qETag = `"` + qETag + `"`
-		}
-		lp.inm = []string{qETag}
+		lp.inm = []string{longpoll.QueryETag(qETag)}
 	}
 	return lp, true
 }

@@ -205,15 +205,14 @@ func (h *Handler) Validate() error {
 	return errors.Join(errs...)
 }
 
-// keyNamespaces are the placeholder namespaces a request can resolve.
-var keyNamespaces = []string{"http.", "env.", "system.", "time.", "file."}
-
 // checkKeyTemplate rejects a key that would make requests for different
-// resources share one response: one with no placeholder, or with a
-// placeholder that resolves to nothing (such as a Caddyfile shorthand like
-// {path} written in JSON, where only full names exist).
+// resources, or of different users, share one response: a key must hold at
+// least one request placeholder ({http.*}), and no placeholder that resolves
+// to nothing (such as a Caddyfile shorthand like {path} written in JSON,
+// where only full names exist). {env.*}, {system.*}, {time.*} and {file.*}
+// may be added, but are the same for every request.
 func checkKeyTemplate(key string) error {
-	found := false
+	perRequest := false
 	for rest := key; ; {
 		open := strings.IndexByte(rest, '{')
 		if open < 0 {
@@ -228,18 +227,17 @@ func checkKeyTemplate(key string) error {
 			break
 		}
 		name := rest[open+1 : open+end]
-		known := false
-		for _, ns := range keyNamespaces {
-			known = known || strings.HasPrefix(name, ns)
-		}
-		if !known {
+		switch ns, _, _ := strings.Cut(name, "."); ns {
+		case "http":
+			perRequest = true
+		case "env", "system", "time", "file":
+		default:
 			return fmt.Errorf("key: unknown placeholder {%s}; Caddyfile shorthands need their full name in JSON, e.g. {http.request.uri.path} for {path}", name)
 		}
-		found = true
 		rest = rest[open+end+1:]
 	}
-	if !found {
-		return fmt.Errorf("key %q has no placeholder: every request would share one response", key)
+	if !perRequest {
+		return fmt.Errorf("key %q has no request placeholder ({http.*}): every request would share one response", key)
 	}
 	return nil
 }
@@ -252,7 +250,7 @@ func (h *Handler) Cleanup() error {
 		return nil
 	}
 	h.cleaned = true
-	h.hub.retireRoute(h.gen)
+	h.hub.retire(h.gen)
 	_, err := hubs.Delete(h.poolKey)
 	return err
 }

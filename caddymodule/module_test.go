@@ -73,7 +73,8 @@ func TestValidate(t *testing.T) {
 		// different resources share one response: a Caddyfile shorthand in
 		// JSON (unknown there, so replaced by "") or no placeholder at all.
 		{name: "key with a Caddyfile shorthand", h: Handler{Key: "{host}{path}"}, wantErr: []string{"key: unknown placeholder {host}"}},
-		{name: "key without placeholder", h: Handler{Key: "orders"}, wantErr: []string{"has no placeholder"}},
+		{name: "key without placeholder", h: Handler{Key: "orders"}, wantErr: []string{"has no request placeholder"}},
+		{name: "key with only the same value for everyone", h: Handler{Key: "{env.TENANT}{system.hostname}"}, wantErr: []string{"has no request placeholder"}},
 		{name: "key with an escaped brace and a placeholder", h: Handler{Key: `\{x}{http.request.uri}`}},
 		{name: "key with env placeholder only is accepted", h: Handler{Key: "{env.TENANT}:{http.request.uri}"}},
 		{name: "query_params without names", h: Handler{QueryParams: &QueryParams{}}, wantErr: []string{"query_params needs both"}},

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,8 +34,7 @@ type hub struct {
 	// gen counts the handlers that joined the hub; a watch moves to the
 	// poll path (next handler) of the newest one.
 	gen         atomic.Uint64
-	route       atomic.Pointer[route] // the newest handler's poll path
-	lastCapWarn atomic.Int64          // unix nanoseconds
+	lastCapWarn atomic.Int64 // unix nanoseconds
 	stop        chan struct{}
 }
 
@@ -46,42 +46,11 @@ type route struct {
 	server *caddyhttp.Server
 }
 
-// routeGrace is how long polls may still go through a replaced config's
-// route, waiting for the new config to serve its first long-poll (which
-// brings the new route), before the watches still on it are detached and
-// their held requests answered.
+// routeGrace is how long the watches of a cleaned-up handler may go on
+// polling through its (replaced) config's route, for requests to move them
+// to the new config's route, before the ones left are detached and their
+// held requests answered.
 const routeGrace = time.Second
-
-// publishRoute records the route of the handler of generation gen, unless a
-// newer one is known. Every fetcher polls through the newest route.
-func (hb *hub) publishRoute(r *route) {
-	for {
-		cur := hb.route.Load()
-		if cur != nil && cur.gen >= r.gen {
-			return
-		}
-		if hb.route.CompareAndSwap(cur, r) {
-			return
-		}
-	}
-}
-
-// retireRoute is called when the handler of generation gen is cleaned up.
-// If its route is the newest known, polls may use it for routeGrace more;
-// then, unless a newer config served a long-poll meanwhile, the watches on
-// it are detached, so that no poll goes through a retired config and their
-// held requests are answered within a second, as after any reload.
-func (hb *hub) retireRoute(gen uint64) {
-	cur := hb.route.Load()
-	if cur == nil || cur.gen != gen {
-		return
-	}
-	time.AfterFunc(routeGrace, func() {
-		if hb.route.CompareAndSwap(cur, nil) {
-			hb.engine.Detach(gen)
-		}
-	})
-}
 
 // exitCheckInterval is how often a hub checks whether the process is
 // exiting, to answer its held requests at once rather than keep the server's
@@ -118,6 +87,15 @@ func (hb *hub) watchExit() {
 	}
 }
 
+// retire is called when the handler of generation gen is cleaned up: a
+// reload replaced its config. Watches it made move to the new config's route
+// when a request for their key reaches the new config; routeGrace later,
+// those still on the old route are detached, so that no poll goes through a
+// replaced config and their held requests are answered within a second.
+func (hb *hub) retire(gen uint64) {
+	time.AfterFunc(routeGrace, func() { hb.engine.Detach(gen) })
+}
+
 // Destruct closes the engine when the last handler using it is cleaned up.
 func (hb *hub) Destruct() error {
 	close(hb.stop)
@@ -125,12 +103,18 @@ func (hb *hub) Destruct() error {
 }
 
 // acquireHub returns the hub for h's settings, creating it if no earlier
-// config has one. Handlers are told apart by their settings and, among
-// handlers with identical settings in one config, by their order.
+// config has one. Handlers are told apart by their settings and server and,
+// among handlers with identical settings in one server, by their order.
 func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
 	conf, err := json.Marshal(h)
 	if err != nil {
 		return nil, "", err
+	}
+	// Servers provision their handlers with contexts of their own, so the
+	// ordinal below counts per server; the server's addresses keep handlers
+	// of different servers apart.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		conf = append(conf, strings.Join(srv.Listen, ",")...)
 	}
 	sum := sha256.Sum256(conf)
 	id := hex.EncodeToString(sum[:16])

@@ -63,12 +63,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer ticket.Release()
 
 	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), h.gen, func() longpoll.Fetcher {
-		// Called when a watch is made, or moves to this (newer) handler:
-		// from then on every watch of the hub polls through this route.
+		// Called when a watch is made, or when this request is the first
+		// for the watch's key through a newer config: from then on the
+		// watch polls through this handler's route.
 		srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-		rt := &route{gen: h.gen, next: next, server: srv}
-		h.hub.publishRoute(rt)
-		return newFetcher(r, h.hub, rt, h.MaxBody)
+		return newFetcher(r, &route{gen: h.gen, next: next, server: srv}, h.MaxBody)
 	})
 	if err != nil {
 		// the engine closed under an old config's handler: serve directly
@@ -240,20 +239,21 @@ func writeNotModified(w http.ResponseWriter, s *longpoll.Snapshot, wait time.Dur
 	w.WriteHeader(http.StatusNotModified)
 }
 
-// preferenceApplied returns the Preference-Applied value for a wait, from
-// a table for common waits so that answering allocates nothing.
+// preferenceApplied returns the Preference-Applied value for a wait, in a
+// slice of its own (handlers that wrap this one may edit header values in
+// place), from a table of strings for common waits.
 func preferenceApplied(wait time.Duration) []string {
 	n := int(wait / time.Second)
 	if n < len(preferenceAppliedValues) {
-		return preferenceAppliedValues[n]
+		return []string{preferenceAppliedValues[n]}
 	}
 	return []string{"wait=" + strconv.Itoa(n)}
 }
 
-var preferenceAppliedValues = func() [][]string {
-	v := make([][]string, 301)
+var preferenceAppliedValues = func() []string {
+	v := make([]string, 301)
 	for i := range v {
-		v[i] = []string{"wait=" + strconv.Itoa(i)}
+		v[i] = "wait=" + strconv.Itoa(i)
 	}
 	return v
 }()

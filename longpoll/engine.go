@@ -94,14 +94,14 @@ func (e *Engine) Subscribe(key Key, gen uint64, newFetcher func() Fetcher) (*Sub
 	return w.subscribe(gen, newFetcher), nil
 }
 
-// Detach takes the Fetcher away from every watch whose Fetcher's generation
-// is at most maxGen, for when the path those Fetchers poll through goes out
-// of service (an old config's route, after a reload). Such a watch keeps its
+// Detach takes the Fetcher away from every watch whose Fetcher has
+// generation gen, for when the path those Fetchers poll through goes out of
+// service (an old config's route, after a reload). Such a watch keeps its
 // state but stops polling, and its subscribers are woken with a state whose
 // Detached field is set, to be answered now; a subscriber with a newer
 // generation puts the watch back in service. It returns the number of
 // watches detached.
-func (e *Engine) Detach(maxGen uint64) int {
+func (e *Engine) Detach(gen uint64) int {
 	e.mu.Lock()
 	ws := make([]*watch, 0, len(e.watches))
 	for _, w := range e.watches {
@@ -110,7 +110,7 @@ func (e *Engine) Detach(maxGen uint64) int {
 	e.mu.Unlock()
 	n := 0
 	for _, w := range ws {
-		if w.detach(maxGen) {
+		if w.detach(gen) {
 			n++
 		}
 	}

@@ -114,3 +114,21 @@ func scanETag(s string) (tag, rest string, ok bool) {
 	}
 	return s[:end+2], s[end+2:], true
 }
+
+// QueryETag turns an ETag given as a query parameter, quoted or not, into an
+// entity-tag for MatchETag. A suffix that a compressing handler appended to
+// one of this package's ETags (Caddy's encode turns "x" into "x-gzip", and
+// undoes it only in the If-None-Match header) is removed, so that the
+// client's version still matches.
+func QueryETag(v string) string {
+	weak := strings.HasPrefix(v, "W/")
+	v = strings.Trim(strings.TrimPrefix(v, "W/"), `"`)
+	if len(v) > etagLen && v[etagLen] == '-' {
+		v = v[:etagLen]
+	}
+	v = `"` + v + `"`
+	if weak {
+		v = "W/" + v
+	}
+	return v
+}

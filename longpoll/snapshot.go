@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Snapshot is one representation of a resource, as a client receives it. It
@@ -78,7 +79,7 @@ func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Hea
 		Status:       status,
 		Body:         body,
 		UpstreamETag: header.Get("Etag"),
-		LastModified: header.Get("Last-Modified"),
+		LastModified: strongLastModified(header),
 		Vary:         vary,
 	}
 	for _, h := range droppedHeaders {
@@ -116,8 +117,14 @@ func (s *Snapshot) computeETag() string {
 	h.Write(s.Body)
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
-	return `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`
+	return `"` + base64.RawURLEncoding.EncodeToString(sum[:etagBytes]) + `"`
 }
+
+// etagBytes of the hash make an ETag of etagLen characters (144 bits).
+const (
+	etagBytes = 18
+	etagLen   = etagBytes * 4 / 3
+)
 
 // VaryMatches reports whether a request with header reqHeader may be given
 // this snapshot, that is whether it agrees with the poll request on every
@@ -159,4 +166,30 @@ func varyFields(header, reqHeader http.Header) ([]VaryField, error) {
 		}
 	}
 	return fields, nil
+}
+
+// strongLastModified returns the response's Last-Modified if it can serve
+// as a validator for the next poll: only when there is no ETag (which takes
+// precedence anyway), and only when it is strong in the sense of RFC 9110,
+// section 8.8.2.2: at least a second before the response's Date (or now,
+// without one). A
+// Last-Modified within the second of the response could hide a second
+// change in that same second behind a 304.
+func strongLastModified(header http.Header) string {
+	lm := header.Get("Last-Modified")
+	if lm == "" || header.Get("Etag") != "" {
+		return ""
+	}
+	modified, err := http.ParseTime(lm)
+	if err != nil {
+		return ""
+	}
+	date, err := http.ParseTime(header.Get("Date"))
+	if err != nil {
+		date = time.Now() // the response was made just now
+	}
+	if date.Sub(modified) < time.Second {
+		return ""
+	}
+	return lm
 }

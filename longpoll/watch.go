@@ -73,6 +73,7 @@ type watch struct {
 	inflight  bool
 	again     bool          // poll again as soon as the one in flight ends
 	pollDone  chan struct{} // closed when the poll in flight ends
+	freshPoll chan struct{} // pollDone of a poll started because the data was stale
 	polledAt  time.Time     // start of the last completed poll
 	notBefore time.Time     // backoff: no poll before this
 	failures  int
@@ -163,8 +164,7 @@ func (w *watch) subscribe(gen uint64, newFetcher func() Fetcher) *Subscription {
 			// Back in service: the subscribers this concerned have
 			// been woken already, so the new state keeps the channel.
 			next := *st
-			next.Detached = false
-			w.publish(&next, false)
+			w.publish(&next, false) // not Detached: the watch has a fetcher
 			if !w.inflight && w.subs > 1 {
 				w.schedule()
 			}
@@ -172,8 +172,11 @@ func (w *watch) subscribe(gen uint64, newFetcher func() Fetcher) *Subscription {
 	}
 	if w.subs == 1 {
 		w.idleSince = time.Time{}
-		sub.await = w.activate()
+		w.freshPoll = w.activate()
 	}
+	// Every subscriber that arrives while the poll that freshens stale data
+	// is under way waits for it, not only the one that started it.
+	sub.await = w.freshPoll
 	return sub
 }
 
@@ -308,14 +311,14 @@ func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struc
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	defer close(done)
-	w.inflight = false
+	w.inflight, w.freshPoll = false, nil
 	w.polledAt = start
 	if w.gone {
 		return
 	}
 	switch {
 	case errors.Is(err, ErrUncacheable):
-		w.failures, w.notBefore = 0, time.Time{}
+		w.failures, w.notBefore, w.again = 0, time.Time{}, false
 		w.passUntil = time.Now().Add(w.e.cfg.IdleTTL)
 		w.publish(&State{Passthrough: true}, true)
 		w.e.logger.Debug("upstream response cannot be shared, passing requests through",
@@ -389,6 +392,7 @@ func (w *watch) succeeded(snap *Snapshot) {
 // otherwise next keeps the current channel. It must be called with w.mu
 // held.
 func (w *watch) publish(next *State, wake bool) {
+	next.Detached = w.fetcher == nil // a poll that ends after Detach keeps it
 	cur := w.state.Load()
 	if wake {
 		next.changed = make(chan struct{})
@@ -400,19 +404,18 @@ func (w *watch) publish(next *State, wake bool) {
 	w.state.Store(next)
 }
 
-// detach drops the watch's Fetcher if its generation is at most maxGen, and
-// wakes its subscribers. It reports whether it did.
-func (w *watch) detach(maxGen uint64) bool {
+// detach drops the watch's Fetcher if its generation is gen, and wakes its
+// subscribers. It reports whether it did.
+func (w *watch) detach(gen uint64) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.gone || w.fetcher == nil || w.gen > maxGen {
+	if w.gone || w.fetcher == nil || w.gen != gen {
 		return false
 	}
 	w.fetcher = nil
 	w.timer.Stop()
 	next := *w.state.Load()
-	next.Detached = true
-	w.publish(&next, true)
+	w.publish(&next, true) // Detached, as the fetcher is gone
 	if w.subs == 0 && !w.inflight {
 		w.timer.Reset(time.Until(w.idleDeadline()))
 	}

@@ -1,0 +1,142 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll_test
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// versionFetcher serves "version N" for the current N, counting fetches,
+// each taking a second.
+type versionFetcher struct {
+	version, fetches atomic.Int64
+}
+
+func (f *versionFetcher) Fetch(ctx context.Context, _ *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	f.fetches.Add(1)
+	select {
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	body := []byte("version " + string(rune('0'+f.version.Load())))
+	return longpoll.NewSnapshot(http.StatusOK, http.Header{"Content-Type": {"text/plain"}}, body, nil)
+}
+
+// Every subscriber that arrives at an idle, stale watch while the poll that
+// freshens it is under way must wait for that poll, not only the first:
+// an answer given at once is never older than one interval.
+func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &versionFetcher{}
+		f.version.Store(1)
+		e, _ := longpoll.New(longpoll.Config{Interval: 200 * time.Millisecond, PollTimeout: 5 * time.Second})
+		defer e.Close()
+		key := longpoll.KeyOf("k")
+		newF := func() longpoll.Fetcher { return f }
+
+		first, _ := e.Subscribe(key, 1, newF)
+		if st, _ := first.Fresh(t.Context()); string(st.Snapshot.Body) != "version 1" {
+			t.Fatalf("first answer: got %q, want version 1", st.Snapshot.Body)
+		}
+		first.Close()
+		time.Sleep(5 * time.Second) // idle, and stale
+		f.version.Store(2)
+
+		a, _ := e.Subscribe(key, 1, newF) // starts the fresh poll
+		defer a.Close()
+		time.Sleep(100 * time.Millisecond)
+		b, _ := e.Subscribe(key, 1, newF) // arrives during it
+		defer b.Close()
+		for name, sub := range map[string]*longpoll.Subscription{"first arrival": a, "second arrival": b} {
+			st, err := sub.Fresh(t.Context())
+			if err != nil || string(st.Snapshot.Body) != "version 2" {
+				t.Errorf("%s: Fresh = %q, %v; want version 2", name, st.Snapshot.Body, err)
+			}
+		}
+	})
+}
+
+// A poll that ends after Detach must not put the watch back in service:
+// it has no fetcher, so its state must stay Detached, or subscribers would
+// be held on a watch that no longer polls.
+func TestPollEndingAfterDetachKeepsDetached(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &versionFetcher{}
+		f.version.Store(1)
+		e, _ := longpoll.New(longpoll.Config{Interval: 200 * time.Millisecond, PollTimeout: 5 * time.Second})
+		defer e.Close()
+		sub, _ := e.Subscribe(longpoll.KeyOf("k"), 1, func() longpoll.Fetcher { return f })
+		defer sub.Close()
+		st, _ := sub.Fresh(t.Context())
+		time.Sleep(250 * time.Millisecond) // the next poll is under way
+		f.version.Store(2)
+		if n := e.Detach(1); n != 1 {
+			t.Fatalf("Detach(1) = %d, want 1", n)
+		}
+		time.Sleep(2 * time.Second) // the poll in flight ends
+		synctest.Wait()
+		got := sub.State()
+		if !got.Detached {
+			t.Errorf("state after the poll in flight ended: Detached = false, want true")
+		}
+		if got.Snapshot.ETag == st.Snapshot.ETag {
+			t.Errorf("the poll in flight's result was dropped: ETag still %s", got.Snapshot.ETag)
+		}
+		n := f.fetches.Load()
+		time.Sleep(5 * time.Second)
+		if more := f.fetches.Load() - n; more != 0 {
+			t.Errorf("detached watch polled %d more times, want 0", more)
+		}
+	})
+}
+
+// Detach takes only the watches of the generation whose route went away:
+// a handler that never served (a config that failed to load, `caddy
+// validate`) must not detach the watches of the live one.
+func TestDetachOnlyThatGeneration(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &versionFetcher{}
+		e, _ := longpoll.New(longpoll.Config{Interval: time.Second})
+		defer e.Close()
+		sub, _ := e.Subscribe(longpoll.KeyOf("k"), 1, func() longpoll.Fetcher { return f })
+		defer sub.Close()
+		if _, err := sub.Fresh(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.Detach(2); n != 0 {
+			t.Errorf("Detach(2) with watches of generation 1: got %d detached, want 0", n)
+		}
+		if sub.State().Detached {
+			t.Error("watch of generation 1 detached by Detach(2)")
+		}
+	})
+}
+
+// QueryETag accepts the ETag a client copied from a response, quoted or
+// not, and undoes the suffix Caddy's encode adds to it.
+func TestQueryETag(t *testing.T) {
+	t.Parallel()
+	tag := `"0123456789abcdefghijklmn"` // 24 characters, like the module's
+	tests := []struct{ in, want string }{
+		{`0123456789abcdefghijklmn`, tag},
+		{tag, tag},
+		{`0123456789abcdefghijklmn-gzip`, tag},
+		{`"0123456789abcdefghijklmn-zstd"`, tag},
+		{`W/"0123456789abcdefghijklmn"`, `W/` + tag},
+		{`short-gzip`, `"short-gzip"`},
+	}
+	for _, tt := range tests {
+		if got := longpoll.QueryETag(tt.in); got != tt.want {
+			t.Errorf("QueryETag(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
