@@ -22,7 +22,7 @@ import (
 // watches or its poll path.
 func TestIntegrationServersKeptApart(t *testing.T) {
 	tc := itStart(t)
-	port, other := itPort(), itFreePort(t)
+	port, other := itPort(), freeTCPPort(t)
 	site := func(p int, body string) string {
 		return fmt.Sprintf("http://localhost:%d {\n\tlongpoll {\n\t\tinterval 100ms\n\t\tkey {uri}\n\t}\n\trespond %q\n}\n", p, body)
 	}
@@ -104,14 +104,4 @@ func TestIntegrationPreferenceAppliedNotShared(t *testing.T) {
 			t.Errorf("answer %d: got %d with Preference-Applied %q, want 304 with %q", i, r.Status, got, "wait:1")
 		}
 	}
-}
-
-func itFreePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
