@@ -129,9 +129,6 @@ func TestDetachedWatchResumesWithNewerGen(t *testing.T) {
 // generation: a late subscriber of the retired config must not re-attach
 // the retired route's Fetcher, which Detach exists to stop using.
 func TestDetachedWatchIgnoresOlderGen(t *testing.T) {
-	t.Skip("BUG: watch.subscribe takes newFetcher whenever w.fetcher == nil, so after Detach(1) a " +
-		"Subscribe with gen 1 re-attaches the retired config's Fetcher and clears Detached; " +
-		"the Detach doc says only a newer generation puts the watch back in service")
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		var made atomic.Int64
@@ -257,9 +254,6 @@ func TestDetachKeepsFailure(t *testing.T) {
 // detached must not keep the watch alive: a detached watch cannot poll, and
 // must be forgotten IdleTTL after its last subscriber left.
 func TestDetachWithPendingTriggerIsForgotten(t *testing.T) {
-	t.Skip("BUG: a Trigger during back-off leaves watch.again set with the timer armed for the " +
-		"back-off; Detach stops that timer, schedule returns at once without a Fetcher, and " +
-		"unsubscribe/onTimer never arm the idle timer while again is set, so the watch is never forgotten")
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		var made atomic.Int64

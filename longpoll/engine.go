@@ -138,10 +138,12 @@ func (e *Engine) Close() error {
 	e.watches = nil
 	e.mu.Unlock()
 
-	e.cancel()
+	// Close the watches first: a poll cancelled below must find its watch
+	// gone, not publish its cancellation as an upstream failure.
 	for _, w := range ws {
 		w.close()
 	}
+	e.cancel()
 	e.logger.Info("longpoll engine closed", zap.Int("watches", len(ws)))
 	return nil
 }

@@ -1474,9 +1474,6 @@ func TestCloseCancelsInflightFetch(t *testing.T) {
 // The race is between Close cancelling the polls and marking the watches
 // closed, so this test gives it many watches to lose it on.
 func TestClosePendingSubscriberSeesClosed(t *testing.T) {
-	t.Skip("BUG: Engine.Close calls e.cancel() before w.close(); a cancelled poll can take w.mu " +
-		"first, see gone == false, and publish Failure{context.Canceled} with a wake (the watch " +
-		"was pending), so waiters wake to a failure instead of the Closed state")
 	t.Parallel()
 	for round := range 20 {
 		synctest.Test(t, func(t *testing.T) {
@@ -1617,9 +1614,6 @@ func TestPollTimeoutCancelsFetch(t *testing.T) {
 // With a long interval, consecutive failures must not overflow the back-off
 // computation (Interval << failures) and crash the poll goroutine.
 func TestBackoffLongIntervalDoesNotOverflow(t *testing.T) {
-	t.Skip("BUG: watch.failed computes Interval << min(failures, 16), which overflows int64 for " +
-		"Interval > ~39h; the negative result reaches rand.N, whose panic in the poll goroutine " +
-		"is not recovered and kills the process (here at the 16th failure)")
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		const interval = 48 * time.Hour

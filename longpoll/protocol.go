@@ -9,8 +9,8 @@ import (
 	"time"
 )
 
-// MaxETags bounds the entity-tags read from one If-None-Match header; a
-// longer list is treated as matching nothing.
+// MaxETags bounds the entity-tags read from one If-None-Match header: the
+// ones after it are not read (they match nothing).
 const MaxETags = 32
 
 // ParseWait returns the wait preference of a request's Prefer header values
@@ -68,9 +68,9 @@ func StripWait(prefer []string) []string {
 
 // MatchETag reports whether the If-None-Match header values match etag with
 // the weak comparison of RFC 9110, section 8.8.3.2 (which If-None-Match
-// uses): W/"x" matches "x". "*" matches any etag. A list of more than
-// MaxETags entries, or one that does not parse, matches nothing. It does
-// not allocate.
+// uses): W/"x" matches "x". "*" matches any etag. Only the first MaxETags
+// entries are read, and reading stops at one that does not parse: entries
+// past either point match nothing. It does not allocate.
 func MatchETag(ifNoneMatch []string, etag string) bool {
 	etag = strings.TrimPrefix(etag, "W/")
 	count := 0

@@ -65,6 +65,9 @@ var droppedHeaders = []string{
 // It returns an error wrapping ErrUncacheable for a response that must not
 // be shared: one that sets cookies, declares trailers or varies on everything.
 func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
+	if header == nil {
+		header = make(http.Header)
+	}
 	if len(header.Values("Set-Cookie")) > 0 {
 		return nil, fmt.Errorf("%w: it sets cookies", ErrUncacheable)
 	}

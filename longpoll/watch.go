@@ -158,7 +158,7 @@ func (w *watch) subscribe(gen uint64, newFetcher func() Fetcher) *Subscription {
 	defer w.mu.Unlock()
 	w.subs++
 	sub := &Subscription{w: w}
-	if w.fetcher == nil || gen > w.gen {
+	if (w.fetcher == nil && !w.state.Load().Detached) || gen > w.gen {
 		w.fetcher, w.gen = newFetcher(), gen
 		if st := w.state.Load(); st.Detached {
 			// Back in service: the subscribers this concerned have
@@ -359,8 +359,10 @@ func (w *watch) failed(err error) {
 	if errors.As(err, &ue) {
 		retryAfter = min(ue.RetryAfter, MaxRetryAfter)
 	}
-	d := w.e.cfg.Interval << min(w.failures, 16)
-	d = min(d, w.e.cfg.MaxBackoff)
+	d := w.e.cfg.MaxBackoff
+	if shift := min(w.failures, 16); w.e.cfg.Interval <= d>>shift {
+		d = w.e.cfg.Interval << shift // no overflow: at most MaxBackoff
+	}
 	d = d/2 + rand.N(d/2+1) // full jitter on the upper half: never a stampede
 	d = max(d, retryAfter, w.e.cfg.Interval)
 	w.notBefore = time.Now().Add(d)
@@ -413,6 +415,7 @@ func (w *watch) detach(gen uint64) bool {
 		return false
 	}
 	w.fetcher = nil
+	w.again = false // a watch without a Fetcher cannot poll: drop triggers
 	w.timer.Stop()
 	next := *w.state.Load()
 	w.publish(&next, true) // Detached, as the fetcher is gone
