@@ -141,8 +141,8 @@ func (h *Handler) mustHold(st *longpoll.State, lp longPoll, r *http.Request) boo
 	return longpoll.MatchETag(lp.inm, st.Snapshot.ETag)
 }
 
-// finish answers the request from state st. timedOut is set when the wait
-// ended; held when the request was held at all.
+// finish answers the request from state st; held is set when the request
+// was held at all (so also when its wait ended).
 func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
 	repl *caddy.Replacer, st *longpoll.State, lp longPoll, start time.Time, held bool,
 ) error {
