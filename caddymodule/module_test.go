@@ -200,7 +200,7 @@ func TestProvisionSharesHubs(t *testing.T) {
 // subscribeProbe subscribes to a watch of hb's engine and leaves at once,
 // reporting whether the engine accepted the subscription.
 func subscribeProbe(hb *hub) error {
-	sub, err := hb.engine.Subscribe(longpoll.KeyOf("probe"), 0, func() longpoll.Fetcher {
+	sub, err := hb.engine.Subscribe(longpoll.KeyOf("probe"), "t", 0, func() longpoll.Fetcher {
 		return longpoll.FetcherFunc(func(context.Context, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 			return longpoll.NewSnapshot(http.StatusOK, http.Header{}, []byte("probe"), http.Header{})
 		})

@@ -18,7 +18,7 @@ import (
 // newFetcher in made.
 func subscribeGen(tb testing.TB, e *longpoll.Engine, key longpoll.Key, gen uint64, f *fakeFetcher, made *atomic.Int64) *longpoll.Subscription {
 	tb.Helper()
-	sub, err := e.Subscribe(key, gen, func() longpoll.Fetcher { made.Add(1); return f.New() })
+	sub, err := e.Subscribe(key, "t", gen, func() longpoll.Fetcher { made.Add(1); return f.New() })
 	if err != nil {
 		tb.Fatalf("Subscribe(%s, gen %d) = %v, want no error", key.Short(), gen, err)
 	}

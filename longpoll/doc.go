@@ -16,7 +16,7 @@
 //
 //	e, _ := longpoll.New(longpoll.Config{Interval: time.Second})
 //	defer e.Close()
-//	sub, _ := e.Subscribe(longpoll.KeyOf("GET", "/orders/42"), gen, newFetcher)
+//	sub, _ := e.Subscribe(longpoll.KeyOf("GET", "/orders/42"), "/orders/42", gen, newFetcher)
 //	defer sub.Close()
 //	for st := sub.State(); st.Snapshot == nil || st.Snapshot.ETag == have; st = sub.State() {
 //		<-st.Changed()

@@ -6,6 +6,8 @@ package longpoll
 import (
 	"context"
 	"fmt"
+	"maps"
+	"strings"
 	"sync"
 
 	"go.uber.org/zap"
@@ -40,6 +42,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	watches map[Key]*watch
+	topics  map[string]map[*watch]struct{} // watches by topic, for Notify
 	closed  bool
 }
 
@@ -59,7 +62,10 @@ func New(cfg Config, opts ...Option) (*Engine, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("longpoll config: %w", err)
 	}
-	e := &Engine{cfg: cfg, logger: zap.NewNop(), watches: make(map[Key]*watch)}
+	e := &Engine{
+		cfg: cfg, logger: zap.NewNop(),
+		watches: make(map[Key]*watch), topics: make(map[string]map[*watch]struct{}),
+	}
 	for _, o := range opts {
 		o(e)
 	}
@@ -70,13 +76,15 @@ func New(cfg Config, opts ...Option) (*Engine, error) {
 // Config returns the engine's configuration, defaults applied.
 func (e *Engine) Config() Config { return e.cfg }
 
-// Subscribe joins the watch for key, creating it if there is none. The
+// Subscribe joins the watch for key, creating it if there is none, in
+// topic: the name under which Notify reaches it (for an HTTP resource,
+// typically its path; many keys, one per user say, may share a topic). The
 // watch polls through the Fetcher that newFetcher returns; newFetcher is
 // called only when the watch needs one: when it is created, or when gen is
 // higher than the generation of the Fetcher it has (so that after a config
 // reload the watch moves to the new config's Fetcher with its first new
 // subscriber). The caller must Close the subscription.
-func (e *Engine) Subscribe(key Key, gen uint64, newFetcher func() Fetcher) (*Subscription, error) {
+func (e *Engine) Subscribe(key Key, topic string, gen uint64, newFetcher func() Fetcher) (*Subscription, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -85,11 +93,18 @@ func (e *Engine) Subscribe(key Key, gen uint64, newFetcher func() Fetcher) (*Sub
 	w := e.watches[key]
 	if w != nil && w.expired() {
 		w.retire()
+		e.forget(w)
 		w = nil
 	}
 	if w == nil {
-		w = newWatch(e, key)
+		w = newWatch(e, key, topic)
 		e.watches[key] = w
+		set := e.topics[topic]
+		if set == nil {
+			set = make(map[*watch]struct{})
+			e.topics[topic] = set
+		}
+		set[w] = struct{}{}
 	}
 	return w.subscribe(gen, newFetcher), nil
 }
@@ -148,10 +163,47 @@ func (e *Engine) Close() error {
 	return nil
 }
 
-// forget removes w from the engine if it is still the watch for its key.
-// It must be called with e.mu held.
+// forget removes w from the engine. It must be called with e.mu held.
 func (e *Engine) forget(w *watch) {
 	if e.watches[w.key] == w {
 		delete(e.watches, w.key)
 	}
+	if set := e.topics[w.topic]; set != nil {
+		delete(set, w)
+		if len(set) == 0 {
+			delete(e.topics, w.topic)
+		}
+	}
+}
+
+// Notify tells the engine that the resources of some topics may have
+// changed. Each pattern is an exact topic, or a prefix followed by "*"
+// ("/orders/*" matches "/orders/42"). A matching watch with subscribers polls
+// at once (or right after the poll in flight: a burst of notifications causes
+// one poll, never two in flight); an idle one is marked stale, so that it
+// polls before its next subscriber is answered. A notification never
+// publishes anything itself: the poll decides the new representation of each
+// key. It returns the number of watches reached.
+func (e *Engine) Notify(patterns []string) int {
+	e.mu.Lock()
+	ws := make(map[*watch]struct{}) // a watch matched twice counts once
+	for _, p := range patterns {
+		if prefix, ok := strings.CutSuffix(p, "*"); ok {
+			for topic, set := range e.topics {
+				if strings.HasPrefix(topic, prefix) {
+					maps.Copy(ws, set)
+				}
+			}
+			continue
+		}
+		maps.Copy(ws, e.topics[p])
+	}
+	e.mu.Unlock()
+	n := 0
+	for w := range ws {
+		if w.notify() {
+			n++
+		}
+	}
+	return n
 }

@@ -25,7 +25,7 @@ func benchEngine(b *testing.B, f longpoll.Fetcher) (*longpoll.Engine, *longpoll.
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { e.Close() })
-	holder, err := e.Subscribe(testKey, 1, func() longpoll.Fetcher { return f })
+	holder, err := e.Subscribe(testKey, "t", 1, func() longpoll.Fetcher { return f })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func BenchmarkSubscribe(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				sub, err := e.Subscribe(testKey, 1, newFetcher)
+				sub, err := e.Subscribe(testKey, "t", 1, newFetcher)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -85,7 +85,7 @@ func BenchmarkRelease10000(b *testing.B) {
 		have := holder.State()
 		subs := make([]*longpoll.Subscription, n)
 		for i := range subs {
-			sub, err := e.Subscribe(testKey, 1, newFetcher)
+			sub, err := e.Subscribe(testKey, "t", 1, newFetcher)
 			if err != nil {
 				b.Fatal(err)
 			}

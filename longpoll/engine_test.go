@@ -138,7 +138,7 @@ func newEngine(tb testing.TB, cfg longpoll.Config) *longpoll.Engine {
 
 func subscribe(tb testing.TB, e *longpoll.Engine, key longpoll.Key, f *fakeFetcher) *longpoll.Subscription {
 	tb.Helper()
-	sub, err := e.Subscribe(key, 1, f.New)
+	sub, err := e.Subscribe(key, "t", 1, f.New)
 	if err != nil {
 		tb.Fatalf("Subscribe(%s) = %v, want no error", key.Short(), err)
 	}
@@ -262,7 +262,7 @@ func TestOneFetchPerIntervalForManySubscribers(t *testing.T) {
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
-				sub, err := e.Subscribe(testKey, 1, f.New)
+				sub, err := e.Subscribe(testKey, "t", 1, f.New)
 				if err != nil {
 					t.Errorf("Subscribe() = %v, want no error", err)
 					return
@@ -332,7 +332,7 @@ func TestColdKeySharesFirstFetch(t *testing.T) {
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
-				sub, err := e.Subscribe(testKey, 1, f.New)
+				sub, err := e.Subscribe(testKey, "t", 1, f.New)
 				if err != nil {
 					t.Errorf("Subscribe() = %v, want no error", err)
 					return
@@ -374,7 +374,7 @@ func TestChangeWakesAllSubscribersInOneBroadcast(t *testing.T) {
 		got := make([]*longpoll.State, n)
 		for i := range n {
 			woken.Go(func() {
-				sub, err := e.Subscribe(testKey, 1, f.New)
+				sub, err := e.Subscribe(testKey, "t", 1, f.New)
 				if err != nil {
 					t.Errorf("Subscribe() = %v, want no error", err)
 					ready.Done()
@@ -1279,7 +1279,7 @@ func TestSubscribeGenerationSwapsFetcher(t *testing.T) {
 			return func() longpoll.Fetcher { made.Add(1); return f.New() }
 		}
 
-		s1, err := e.Subscribe(testKey, 1, counting(a))
+		s1, err := e.Subscribe(testKey, "t", 1, counting(a))
 		if err != nil {
 			t.Fatalf("Subscribe(gen 1) = %v", err)
 		}
@@ -1290,7 +1290,7 @@ func TestSubscribeGenerationSwapsFetcher(t *testing.T) {
 		}
 
 		for _, gen := range []uint64{0, 1} {
-			s, err := e.Subscribe(testKey, gen, counting(b))
+			s, err := e.Subscribe(testKey, "t", gen, counting(b))
 			if err != nil {
 				t.Fatalf("Subscribe(gen %d) = %v", gen, err)
 			}
@@ -1305,7 +1305,7 @@ func TestSubscribeGenerationSwapsFetcher(t *testing.T) {
 			t.Errorf("poll after lower/equal gens: fetches a=%d b=%d, want a=2 b=0", a.calls.Load(), b.calls.Load())
 		}
 
-		s2, err := e.Subscribe(testKey, 2, counting(b))
+		s2, err := e.Subscribe(testKey, "t", 2, counting(b))
 		if err != nil {
 			t.Fatalf("Subscribe(gen 2) = %v", err)
 		}
@@ -1322,7 +1322,7 @@ func TestSubscribeGenerationSwapsFetcher(t *testing.T) {
 			t.Errorf("poll after gen 2: body %s, want b", got)
 		}
 
-		s3, err := e.Subscribe(testKey, 1, counting(a))
+		s3, err := e.Subscribe(testKey, "t", 1, counting(a))
 		if err != nil {
 			t.Fatalf("Subscribe(gen 1) = %v", err)
 		}
@@ -1411,7 +1411,7 @@ func TestSubscribeAfterCloseFails(t *testing.T) {
 		f := newFake(serve("v1"))
 		e := newEngine(t, longpoll.Config{})
 		e.Close()
-		sub, err := e.Subscribe(testKey, 1, f.New)
+		sub, err := e.Subscribe(testKey, "t", 1, f.New)
 		if !errors.Is(err, longpoll.ErrClosed) || sub != nil {
 			t.Errorf("Subscribe after Close = %v, %v, want nil, ErrClosed", sub, err)
 		}

@@ -32,7 +32,7 @@ func Example() {
 	defer e.Close()
 
 	key := longpoll.KeyOf("GET", "/orders/42")
-	sub, err := e.Subscribe(key, 1, func() longpoll.Fetcher { return upstream })
+	sub, err := e.Subscribe(key, "/orders/42", 1, func() longpoll.Fetcher { return upstream })
 	if err != nil {
 		panic(err)
 	}

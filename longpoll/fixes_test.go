@@ -43,7 +43,7 @@ func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
 		key := longpoll.KeyOf("k")
 		newF := func() longpoll.Fetcher { return f }
 
-		first, _ := e.Subscribe(key, 1, newF)
+		first, _ := e.Subscribe(key, "t", 1, newF)
 		if st, _ := first.Fresh(t.Context()); string(st.Snapshot.Body) != "version 1" {
 			t.Fatalf("first answer: got %q, want version 1", st.Snapshot.Body)
 		}
@@ -51,10 +51,10 @@ func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
 		time.Sleep(5 * time.Second) // idle, and stale
 		f.version.Store(2)
 
-		a, _ := e.Subscribe(key, 1, newF) // starts the fresh poll
+		a, _ := e.Subscribe(key, "t", 1, newF) // starts the fresh poll
 		defer a.Close()
 		time.Sleep(100 * time.Millisecond)
-		b, _ := e.Subscribe(key, 1, newF) // arrives during it
+		b, _ := e.Subscribe(key, "t", 1, newF) // arrives during it
 		defer b.Close()
 		for name, sub := range map[string]*longpoll.Subscription{"first arrival": a, "second arrival": b} {
 			st, err := sub.Fresh(t.Context())
@@ -74,7 +74,7 @@ func TestPollEndingAfterDetachKeepsDetached(t *testing.T) {
 		f.version.Store(1)
 		e, _ := longpoll.New(longpoll.Config{Interval: 200 * time.Millisecond, PollTimeout: 5 * time.Second})
 		defer e.Close()
-		sub, _ := e.Subscribe(longpoll.KeyOf("k"), 1, func() longpoll.Fetcher { return f })
+		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "t", 1, func() longpoll.Fetcher { return f })
 		defer sub.Close()
 		st, _ := sub.Fresh(t.Context())
 		time.Sleep(250 * time.Millisecond) // the next poll is under way
@@ -107,7 +107,7 @@ func TestDetachOnlyThatGeneration(t *testing.T) {
 		f := &versionFetcher{}
 		e, _ := longpoll.New(longpoll.Config{Interval: time.Second})
 		defer e.Close()
-		sub, _ := e.Subscribe(longpoll.KeyOf("k"), 1, func() longpoll.Fetcher { return f })
+		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "t", 1, func() longpoll.Fetcher { return f })
 		defer sub.Close()
 		if _, err := sub.Fresh(t.Context()); err != nil {
 			t.Fatal(err)
@@ -139,4 +139,92 @@ func TestQueryETag(t *testing.T) {
 			t.Errorf("QueryETag(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
+}
+
+// Notify reaches the watches of the topics it names, exact or by prefix,
+// each once however many patterns match it; a watch with subscribers polls
+// at once (well before its interval), an idle one is only marked stale and
+// polls when its next subscriber comes, and other topics are untouched.
+func TestNotify(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e, _ := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second})
+		defer e.Close()
+		fetchers := map[string]*versionFetcher{}
+		subs := map[string]*longpoll.Subscription{}
+		for _, topic := range []string{"/orders/42", "/orders/43", "/users/1"} {
+			f := &versionFetcher{}
+			f.version.Store(1)
+			fetchers[topic] = f
+			sub, err := e.Subscribe(longpoll.KeyOf(topic), topic, 1, func() longpoll.Fetcher { return f })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			if _, err := sub.Fresh(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			subs[topic] = sub
+		}
+		// one more key (another user) on /orders/42, and an idle watch
+		other := &versionFetcher{}
+		other.version.Store(1)
+		sub2, _ := e.Subscribe(longpoll.KeyOf("/orders/42", "user 2"), "/orders/42", 1, func() longpoll.Fetcher { return other })
+		defer sub2.Close()
+		_, _ = sub2.Fresh(t.Context())
+		idle := &versionFetcher{}
+		idle.version.Store(1)
+		idleSub, _ := e.Subscribe(longpoll.KeyOf("/orders/7"), "/orders/7", 1, func() longpoll.Fetcher { return idle })
+		_, _ = idleSub.Fresh(t.Context())
+		idleSub.Close()
+
+		before := map[string]int64{}
+		for topic, f := range fetchers {
+			before[topic] = f.fetches.Load()
+		}
+		n := e.Notify([]string{"/orders/42", "/orders/*", "/nothing"})
+		if n != 4 {
+			t.Errorf("Notify reached %d watches, want 4 (/orders/42 twice by key, /orders/43, idle /orders/7)", n)
+		}
+		time.Sleep(2 * time.Second) // well under the 30s interval
+		synctest.Wait()
+		for topic, want := range map[string]int64{"/orders/42": 1, "/orders/43": 1, "/users/1": 0} {
+			if got := fetchers[topic].fetches.Load() - before[topic]; got != want {
+				t.Errorf("%s: %d polls after the notification, want %d", topic, got, want)
+			}
+		}
+		if got := other.fetches.Load(); got != 2 {
+			t.Errorf("second key of /orders/42: %d fetches, want 2 (first, notified)", got)
+		}
+		if got := idle.fetches.Load(); got != 1 {
+			t.Errorf("idle watch: %d fetches after the notification, want 1 (it only polls when used)", got)
+		}
+		idle.version.Store(2)
+		back, _ := e.Subscribe(longpoll.KeyOf("/orders/7"), "/orders/7", 1, func() longpoll.Fetcher { return idle })
+		defer back.Close()
+		if st, _ := back.Fresh(t.Context()); string(st.Snapshot.Body) != "version 2" {
+			t.Errorf("returning to a notified idle watch: got %q, want a fresh poll's version 2", st.Snapshot.Body)
+		}
+	})
+}
+
+// A burst of notifications for one watch causes a bounded number of polls:
+// one now, at most one more after it, never two in flight.
+func TestNotifyBurstCoalesces(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &versionFetcher{}
+		f.version.Store(1)
+		e, _ := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second})
+		defer e.Close()
+		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "/t", 1, func() longpoll.Fetcher { return f })
+		defer sub.Close()
+		_, _ = sub.Fresh(t.Context())
+		for range 1000 {
+			e.Notify([]string{"/t"})
+		}
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		if got := f.fetches.Load(); got > 3 {
+			t.Errorf("1,000 notifications: %d fetches, want at most 3 (first, one now, one after it)", got)
+		}
+	})
 }

@@ -48,7 +48,7 @@ func holdAndRelease(b *testing.B, n int) (bytesPerWaiter float64, release time.D
 	}
 	defer e.Close()
 	key := longpoll.KeyOf("GET", "/resource")
-	first, err := e.Subscribe(key, 1, func() longpoll.Fetcher { return fetch })
+	first, err := e.Subscribe(key, "t", 1, func() longpoll.Fetcher { return fetch })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func holdAndRelease(b *testing.B, n int) (bytesPerWaiter float64, release time.D
 	for i := range n {
 		go func() {
 			defer woken.Done()
-			sub, err := e.Subscribe(key, 1, func() longpoll.Fetcher { return fetch })
+			sub, err := e.Subscribe(key, "t", 1, func() longpoll.Fetcher { return fetch })
 			if err != nil {
 				held.Done()
 				return

@@ -63,6 +63,7 @@ type Failure struct {
 type watch struct {
 	e     *Engine
 	key   Key
+	topic string
 	state atomic.Pointer[State]
 	timer *time.Timer // next poll while subscribed; idle expiry otherwise
 
@@ -82,8 +83,8 @@ type watch struct {
 	gone      bool
 }
 
-func newWatch(e *Engine, key Key) *watch {
-	w := &watch{e: e, key: key}
+func newWatch(e *Engine, key Key, topic string) *watch {
+	w := &watch{e: e, key: key, topic: topic}
 	w.state.Store(&State{changed: make(chan struct{})})
 	w.timer = time.AfterFunc(time.Hour, w.onTimer)
 	w.timer.Stop()
@@ -237,13 +238,33 @@ func (w *watch) unsubscribe() {
 func (w *watch) trigger() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.gone || w.state.Load().Passthrough {
+	if w.gone || w.fetcher == nil || w.state.Load().Passthrough {
 		return
 	}
 	w.again = true
 	if !w.inflight {
 		w.schedule()
 	}
+}
+
+// notify is Engine.Notify for one watch: one with subscribers (or a poll
+// in flight) polls again as soon as it may; an idle one is marked stale. It
+// reports whether the watch was in service to be reached.
+func (w *watch) notify() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.gone || w.fetcher == nil || w.state.Load().Passthrough {
+		return false
+	}
+	if w.subs == 0 && !w.inflight {
+		w.polledAt = time.Time{} // its next subscriber polls first
+		return true
+	}
+	w.again = true
+	if !w.inflight {
+		w.schedule()
+	}
+	return true
 }
 
 // idleDeadline is when an idle watch is forgotten. It must be called with
