@@ -42,6 +42,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_waiters   <n>
 //		max_waiters_per_client <n>
 //		query_params  <wait-name> <etag-name>
+//		topic         <template...>
+//		group         <name>
 //	}
 //
 // Every subdirective is optional and may appear once.
@@ -79,6 +81,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseInt(d, &h.MaxWaiters)
 		case "max_waiters_per_client":
 			err = parseInt(d, &h.MaxWaitersPerClient)
+		case "topic":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Topic = strings.Join(args, " ")
+		case "group":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			h.Group = val
 		case "query_params":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

@@ -277,6 +277,10 @@ const exampleLongpollBlock = `
 		max_waiters_per_client 100
 		# Query parameters for clients that cannot send headers. Default: off.
 		query_params wait etag
+		# The name longpoll_notify reaches a watch by. Default: the request path.
+		topic {path}
+		# The notification group of this handler. Default: none.
+		group demo
 	}
 `
 
@@ -325,6 +329,7 @@ const exampleJSON = `{
 													]
 												},
 												{
+													"group": "demo",
 													"handler": "longpoll",
 													"idle_ttl": 30000000000,
 													"interval": 1000000000,
@@ -337,12 +342,42 @@ const exampleJSON = `{
 													"query_params": {
 														"etag": "etag",
 														"wait": "wait"
-													}
-												},
+													},
+													"topic": "{http.request.uri.path}"
+												}
+											]
+										},
+										{
+											"handle": [
+												{
+													"handler": "subroute",
+													"routes": [
+														{
+															"handle": [
+																{
+																	"group": "demo",
+																	"handler": "longpoll_notify",
+																	"secret": "demo-secret"
+																}
+															]
+														}
+													]
+												}
+											],
+											"match": [
+												{
+													"path": [
+														"/_longpoll/notify"
+													]
+												}
+											]
+										},
+										{
+											"handle": [
 												{
 													"handler": "file_server",
 													"hide": [
-														"./Caddyfile"
+														"./Caddyfile.example"
 													]
 												}
 											]
@@ -380,7 +415,7 @@ func TestAdaptCaddyfileExample(t *testing.T) {
 	caddytest.AssertAdapt(t, string(src), "caddyfile", exampleJSON)
 
 	got := adaptedHandlers(t, string(src))
-	want := []string{"subroute", "vars", "encode", "longpoll", "file_server"}
+	want := []string{"subroute", "vars", "encode", "longpoll", "subroute", "longpoll_notify", "file_server"}
 	if !slices.Equal(got, want) {
 		t.Errorf("adapting Caddyfile.example: got handlers %q, want %q", got, want)
 	}

@@ -26,6 +26,14 @@ func (h *Handler) requestKey(r *http.Request, repl *caddy.Replacer) longpoll.Key
 		strings.Join(r.Header.Values("Cookie"), "\n"))
 }
 
+// requestTopic is the topic of the watch that serves r, for notifications.
+func (h *Handler) requestTopic(r *http.Request, repl *caddy.Replacer) string {
+	if h.Topic == "" {
+		return r.URL.Path
+	}
+	return repl.ReplaceAll(h.Topic, "")
+}
+
 // parseLongPoll reads the wait and the client's version from r. It reports
 // false for a request that is not a long-poll: no wait preference, an invalid
 // one (ignored, as RFC 7240 says), or wait=0. With query_params set, it

@@ -109,6 +109,17 @@ type Handler struct {
 	// share an address behind NAT, so there is no cap by default: `0`.
 	MaxWaitersPerClient int `json:"max_waiters_per_client,omitempty"`
 
+	// The topic of a request's watch, as a template of placeholders: the
+	// name under which `longpoll_notify` reaches it. Many keys (one per
+	// user) usually share a topic. Default: the request path,
+	// `{http.request.uri.path}`.
+	Topic string `json:"topic,omitempty"`
+
+	// The notification group of this handler: a `longpoll_notify` handler
+	// with a group reaches only the handlers of that group. Default: none
+	// (reached by `longpoll_notify` handlers without a group).
+	Group string `json:"group,omitempty"`
+
 	// Lets clients that cannot send headers give the wait and the ETag as
 	// query parameters. They are removed from the request before anything
 	// else sees it, and left out of the key. Off by default.
@@ -197,6 +208,9 @@ func (h *Handler) Validate() error {
 		if err := checkKeyTemplate(h.Key); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if h.Topic != "" && !strings.Contains(h.Topic, "{http.") {
+		errs = append(errs, fmt.Errorf("topic %q has no request placeholder ({http.*}): every request would have one topic", h.Topic))
 	}
 	if qp := h.QueryParams; qp != nil {
 		check(qp.Wait == "" || qp.ETag == "", "query_params needs both a wait and an etag parameter name")

@@ -29,6 +29,7 @@ var hubs = caddy.NewUsagePool()
 
 // hub is what handlers with the same settings share across reloads.
 type hub struct {
+	group   string // the notification group of its handlers
 	engine  *longpoll.Engine
 	limiter longpoll.Limiter
 	// gen counts the handlers that joined the hub; a watch moves to the
@@ -57,12 +58,12 @@ const routeGrace = time.Second
 // shutdown waiting for them.
 const exitCheckInterval = 200 * time.Millisecond
 
-func newHub(cfg longpoll.Config, logger *zap.Logger) (*hub, error) {
+func newHub(cfg longpoll.Config, group string, logger *zap.Logger) (*hub, error) {
 	e, err := longpoll.New(cfg, longpoll.WithLogger(logger))
 	if err != nil {
 		return nil, err
 	}
-	hb := &hub{engine: e, stop: make(chan struct{})}
+	hb := &hub{group: group, engine: e, stop: make(chan struct{})}
 	go hb.watchExit()
 	return hb, nil
 }
@@ -120,7 +121,7 @@ func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
 	id := hex.EncodeToString(sum[:16])
 	key := "longpoll:" + id + "#" + strconv.Itoa(ordinal(ctx.Context, id))
 	val, _, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newHub(h.engineConfig(), h.logger)
+		return newHub(h.engineConfig(), h.Group, h.logger)
 	})
 	if err != nil {
 		return nil, "", err

@@ -62,8 +62,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	defer ticket.Release()
 
-	// The topic, for notifications of changes, is the resource's path.
-	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), r.URL.Path, h.gen, func() longpoll.Fetcher {
+	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), h.requestTopic(r, repl), h.gen, func() longpoll.Fetcher {
 		// Called when a watch is made, or when this request is the first
 		// for the watch's key through a newer config: from then on the
 		// watch polls through this handler's route.
