@@ -377,7 +377,7 @@ const exampleJSON = `{
 												{
 													"handler": "file_server",
 													"hide": [
-														"./Caddyfile.example"
+														"./Caddyfile"
 													]
 												}
 											]
