@@ -15,6 +15,9 @@ const (
 	DefaultIdleTTL     = 30 * time.Second
 	DefaultPollTimeout = 10 * time.Second
 	DefaultMaxBackoff  = 30 * time.Second
+	// DefaultNotifyWindow: notifications within this of a poll they caused
+	// wait for its end and cause one more poll together.
+	DefaultNotifyWindow = 100 * time.Millisecond
 )
 
 // MaxRetryAfter bounds the delay an upstream can impose with Retry-After, so
@@ -32,6 +35,10 @@ type Config struct {
 	PollTimeout time.Duration
 	// MaxBackoff caps the delay between polls while the upstream fails.
 	MaxBackoff time.Duration
+	// NotifyWindow is the shortest time between two polls caused by
+	// notifications (Notify, Trigger): a burst of them is coalesced into
+	// one poll at once and at most one per window after it.
+	NotifyWindow time.Duration
 }
 
 func (c *Config) applyDefaults() {
@@ -43,6 +50,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.PollTimeout == 0 {
 		c.PollTimeout = DefaultPollTimeout
+	}
+	if c.NotifyWindow == 0 {
+		c.NotifyWindow = DefaultNotifyWindow
 	}
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = max(DefaultMaxBackoff, c.Interval)

@@ -208,6 +208,7 @@ func TestNewConfig(t *testing.T) {
 			want: longpoll.Config{
 				Interval: longpoll.DefaultInterval, IdleTTL: longpoll.DefaultIdleTTL,
 				PollTimeout: longpoll.DefaultPollTimeout, MaxBackoff: longpoll.DefaultMaxBackoff,
+				NotifyWindow: longpoll.DefaultNotifyWindow,
 			},
 		},
 		{
@@ -216,12 +217,13 @@ func TestNewConfig(t *testing.T) {
 			want: longpoll.Config{
 				Interval: time.Minute, IdleTTL: longpoll.DefaultIdleTTL,
 				PollTimeout: longpoll.DefaultPollTimeout, MaxBackoff: time.Minute,
+				NotifyWindow: longpoll.DefaultNotifyWindow,
 			},
 		},
 		{
 			name: "explicit values kept",
-			cfg:  longpoll.Config{Interval: 2 * time.Second, IdleTTL: time.Minute, PollTimeout: 3 * time.Second, MaxBackoff: 8 * time.Second},
-			want: longpoll.Config{Interval: 2 * time.Second, IdleTTL: time.Minute, PollTimeout: 3 * time.Second, MaxBackoff: 8 * time.Second},
+			cfg:  longpoll.Config{Interval: 2 * time.Second, IdleTTL: time.Minute, PollTimeout: 3 * time.Second, MaxBackoff: 8 * time.Second, NotifyWindow: time.Second},
+			want: longpoll.Config{Interval: 2 * time.Second, IdleTTL: time.Minute, PollTimeout: 3 * time.Second, MaxBackoff: 8 * time.Second, NotifyWindow: time.Second},
 		},
 		{name: "negative interval", cfg: longpoll.Config{Interval: -time.Second, MaxBackoff: time.Second}, wantErr: "interval must not be negative"},
 		{name: "negative idle TTL", cfg: longpoll.Config{IdleTTL: -time.Second}, wantErr: "idle TTL must not be negative"},
@@ -1122,7 +1124,8 @@ func TestTriggersDuringPollCauseOneExtraPoll(t *testing.T) {
 		if got := f.calls.Load(); got != 2 {
 			t.Fatalf("100 Triggers while a poll is in flight: got %d fetches during it, want 2", got)
 		}
-		gate <- struct{}{} // poll 2 ends; poll 3 starts and blocks
+		gate <- struct{}{} // poll 2 ends; poll 3 starts at the end of the notify window, and blocks
+		time.Sleep(longpoll.DefaultNotifyWindow)
 		synctest.Wait()
 		if got := f.calls.Load(); got != 3 {
 			t.Fatalf("after the poll in flight ended: got %d fetches, want 3 (one extra)", got)
@@ -1314,6 +1317,7 @@ func TestSubscribeGenerationSwapsFetcher(t *testing.T) {
 			t.Errorf("Subscribe(gen 2) on a gen 1 watch: got %d newFetcher calls, want 2", got)
 		}
 		s2.Trigger()
+		time.Sleep(longpoll.DefaultNotifyWindow) // triggers a window apart
 		synctest.Wait()
 		if a.calls.Load() != 2 || b.calls.Load() != 1 {
 			t.Errorf("poll after gen 2: fetches a=%d b=%d, want a=2 b=1", a.calls.Load(), b.calls.Load())
@@ -1328,6 +1332,7 @@ func TestSubscribeGenerationSwapsFetcher(t *testing.T) {
 		}
 		defer s3.Close()
 		s3.Trigger()
+		time.Sleep(longpoll.DefaultNotifyWindow)
 		synctest.Wait()
 		if made.Load() != 2 || a.calls.Load() != 2 || b.calls.Load() != 2 {
 			t.Errorf("Subscribe(gen 1) after gen 2: newFetcher calls %d, fetches a=%d b=%d, want 2, a=2 b=2",

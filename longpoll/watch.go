@@ -76,6 +76,7 @@ type watch struct {
 	pollDone  chan struct{} // closed when the poll in flight ends
 	freshPoll chan struct{} // pollDone of a poll started because the data was stale
 	polledAt  time.Time     // start of the last completed poll
+	triggered time.Time     // start of the last poll caused by a notification
 	notBefore time.Time     // backoff: no poll before this
 	failures  int
 	idleSince time.Time // when the last subscriber left
@@ -209,7 +210,15 @@ func (w *watch) schedule() {
 	now := time.Now()
 	due := w.polledAt.Add(w.e.cfg.Interval)
 	if w.again {
-		due = now
+		// a notification: at once, or at the end of the window of the
+		// last poll a notification caused, if that is sooner than due
+		soon := w.triggered.Add(w.e.cfg.NotifyWindow)
+		if soon.Before(now) {
+			soon = now
+		}
+		if soon.Before(due) {
+			due = soon
+		}
 	}
 	if due.Before(w.notBefore) {
 		due = w.notBefore
@@ -217,6 +226,9 @@ func (w *watch) schedule() {
 	if due.After(now) {
 		w.timer.Reset(due.Sub(now))
 		return
+	}
+	if w.again {
+		w.triggered = now
 	}
 	w.inflight, w.again = true, false
 	w.pollDone = make(chan struct{})
