@@ -122,7 +122,7 @@ func (n *NotifyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	if err != nil {
 		return notifyAnswer(w, status, "error", err.Error())
 	}
-	triggered := notifyGroup(n.Group, topics)
+	triggered := NotifierFor(n.Group).Notify(topics)
 	if c := n.logger.Check(zap.DebugLevel, "notification"); c != nil {
 		c.Write(zap.Int("topics", len(topics)), zap.Int("triggered", triggered))
 	}
@@ -176,12 +176,37 @@ func readTopics(w http.ResponseWriter, r *http.Request) ([]string, int, error) {
 	return req.Topics, 0, nil
 }
 
-// notifyGroup notifies the engines of every longpoll handler in group ("":
-// every handler) and returns the number of watches reached.
-func notifyGroup(group string, topics []string) int {
+// Notifier tells the longpoll handlers of a group that topics may have
+// changed: every watch of a matching topic polls at once (see
+// Engine.Notify). It is what every source of change notifications feeds:
+// the notify endpoint is the first; sources such as a message broker's
+// channel or a database's notification channel are meant to come as Caddy
+// guest modules implementing Source, each handed the Notifier of its group.
+type Notifier interface {
+	// Notify reaches the watches of topics (exact, or a prefix followed by
+	// "*") and returns how many it reached.
+	Notify(topics []string) int
+}
+
+// Source is the interface of guest modules that deliver change
+// notifications from outside HTTP. Start begins delivering to n, without
+// blocking; Stop ends it.
+type Source interface {
+	Start(n Notifier) error
+	Stop() error
+}
+
+// NotifierFor returns the Notifier of the longpoll handlers of group ("":
+// every longpoll handler of the running config).
+func NotifierFor(group string) Notifier { return groupNotifier(group) }
+
+type groupNotifier string
+
+// Notify implements Notifier.
+func (g groupNotifier) Notify(topics []string) int {
 	n := 0
 	hubs.Range(func(_, v any) bool {
-		if hb := v.(*hub); group == "" || hb.group == group {
+		if hb := v.(*hub); g == "" || hb.group == string(g) {
 			n += hb.engine.Notify(topics)
 		}
 		return true

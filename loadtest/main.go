@@ -5,9 +5,12 @@
 // an upstream on loopback, starts the given Caddy binary in front of it,
 // holds N long-poll requests on one key, changes the upstream once, and
 // reports the memory per held request and the time from the change reaching
-// Caddy to each client having its full response.
+// Caddy to each client having its full response. With -notify, the change is
+// announced to longpoll_notify (the interval is then 30s, a safety net), and
+// times count from the notify request.
 //
 //	go run ./loadtest -caddy ./caddy -n 10000
+//	go run ./loadtest -caddy ./caddy -n 10000 -notify
 //
 // Every loop is bounded in count and time, and all traffic stays on
 // 127.0.0.1.
@@ -39,21 +42,25 @@ func main() {
 	interval := flag.Duration("interval", time.Second, "the longpoll interval")
 	bodySize := flag.Int("body", 1024, "size of the upstream body in bytes")
 	settle := flag.Duration("settle", 3*time.Second, "time to let held requests settle before measuring memory")
+	notify := flag.Bool("notify", false, "announce the change with longpoll_notify (and poll every 30s)")
 	flag.Parse()
-	if err := run(*caddyBin, *n, *interval, *bodySize, *settle); err != nil {
+	if *notify {
+		*interval = 30 * time.Second
+	}
+	if err := run(*caddyBin, *n, *interval, *bodySize, *settle, *notify); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
 }
 
-func run(caddyBin string, n int, interval time.Duration, bodySize int, settle time.Duration) error {
+func run(caddyBin string, n int, interval time.Duration, bodySize int, settle time.Duration, notify bool) error {
 	up, err := startUpstream(bodySize)
 	if err != nil {
 		return err
 	}
 	defer up.close()
 
-	caddy, err := startCaddy(caddyBin, up.addr, interval)
+	caddy, err := startCaddy(caddyBin, up.addr, interval, notify)
 	if err != nil {
 		return err
 	}
@@ -82,15 +89,42 @@ func run(caddyBin string, n int, interval time.Duration, bodySize int, settle ti
 	hitsBefore := up.hits.Load()
 
 	changedAt := up.change()
+	if notify {
+		changedAt = time.Now()
+		if err := postNotify(caddy.addr); err != nil {
+			return err
+		}
+	}
 	if !clients.wait(30 * time.Second) {
 		return fmt.Errorf("only %d of %d clients answered within 30s of the change", clients.answered.Load(), n)
 	}
-	served := up.servedNew()
-	report(n, early, rssIdle, rssHeld, served, changedAt, clients, up.hits.Load()-hitsBefore)
+	from := up.servedNew()
+	if notify {
+		from = changedAt
+	}
+	report(n, early, rssIdle, rssHeld, from, changedAt, clients, up.hits.Load()-hitsBefore, notify)
 	return nil
 }
 
-func report(n int, early int64, rssIdle, rssHeld int64, served, changedAt time.Time, c *clientSet, polls int64) {
+// postNotify announces the change of /resource to longpoll_notify.
+func postNotify(addr string) error {
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/_longpoll/notify", strings.NewReader(`{"topics": ["/resource"]}`))
+	req.Header.Set("Authorization", "Bearer "+notifySecret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("notify: got %d %s, want 202", resp.StatusCode, body)
+	}
+	return nil
+}
+
+const notifySecret = "loadtest-secret"
+
+func report(n int, early int64, rssIdle, rssHeld int64, served, changedAt time.Time, c *clientSet, polls int64, notify bool) {
 	lat := make([]time.Duration, 0, n)
 	var bad int
 	for i := range c.done {
@@ -110,9 +144,14 @@ func report(n int, early int64, rssIdle, rssHeld int64, served, changedAt time.T
 	fmt.Printf("held requests:            %d (answered before the change: %d)\n", n, early)
 	fmt.Printf("caddy RSS idle / held:    %.1f MiB / %.1f MiB\n", mib(rssIdle), mib(rssHeld))
 	fmt.Printf("memory per held request:  %.1f KiB\n", float64(rssHeld-rssIdle)/float64(n)/1024)
-	fmt.Printf("change to poll:           %v (the upstream served the new body to Caddy's poll)\n", served.Sub(changedAt).Round(time.Millisecond))
+	from := "poll"
+	if notify {
+		from = "notify request"
+	} else {
+		fmt.Printf("change to poll:           %v (the upstream served the new body to Caddy's poll)\n", served.Sub(changedAt).Round(time.Millisecond))
+	}
 	fmt.Printf("released with 200:        %d of %d (other statuses: %d)\n", len(lat), n, bad)
-	fmt.Printf("poll to client answered:  p50 %v  p99 %v  max %v\n",
+	fmt.Printf("%s to client answered: p50 %v  p99 %v  max %v\n", from,
 		pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), pct(1).Round(time.Millisecond))
 	fmt.Printf("upstream requests during the release: %d\n", polls)
 }
@@ -188,7 +227,7 @@ type caddyProc struct {
 	dir  string
 }
 
-func startCaddy(bin, upstreamAddr string, interval time.Duration) (*caddyProc, error) {
+func startCaddy(bin, upstreamAddr string, interval time.Duration, notify bool) (*caddyProc, error) {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return nil, err
@@ -210,13 +249,13 @@ func startCaddy(bin, upstreamAddr string, interval time.Duration) (*caddyProc, e
 }
 
 http://127.0.0.1:%d {
-	longpoll {
+%s	longpoll {
 		interval %s
 		max_waiters 100000
 	}
 	reverse_proxy %s
 }
-`, port, interval, upstreamAddr)
+`, port, notifyRoute(notify), interval, upstreamAddr)
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -240,6 +279,13 @@ http://127.0.0.1:%d {
 	}
 	c.stop()
 	return nil, fmt.Errorf("caddy did not start; see %s", logf.Name())
+}
+
+func notifyRoute(notify bool) string {
+	if !notify {
+		return ""
+	}
+	return "\thandle /_longpoll/notify {\n\t\tlongpoll_notify {\n\t\t\tsecret " + notifySecret + "\n\t\t}\n\t}\n"
 }
 
 func (c *caddyProc) pid() int { return c.cmd.Process.Pid }
