@@ -136,6 +136,8 @@ func TestIntegrationNotifyBadRequests(t *testing.T) {
 		{"too many topics", "s3cret", http.MethodPost, many, http.StatusBadRequest, "at most 1000"},
 		{"not a path", "s3cret", http.MethodPost, `{"topics": ["thing"]}`, http.StatusBadRequest, "not a path"},
 		{"star inside", "s3cret", http.MethodPost, `{"topics": ["/th*ng"]}`, http.StatusBadRequest, "not at the end"},
+		{"trailing bracket", "s3cret", http.MethodPost, `{"topics": ["/thing"]}]`, http.StatusBadRequest, "malformed JSON"},
+		{"too many prefixes", "s3cret", http.MethodPost, `{"topics": [` + strings.Repeat(`"/t/*",`, 16) + `"/t/*"]}`, http.StatusBadRequest, "at most 16"},
 		{"body too large", "s3cret", http.MethodPost, `{"topics": ["/thing"], "pad": "` + strings.Repeat("x", 70<<10) + `"}`, http.StatusRequestEntityTooLarge, "body over"},
 	}
 	for _, tt := range tests {

@@ -27,11 +27,17 @@ func (h *Handler) requestKey(r *http.Request, repl *caddy.Replacer) longpoll.Key
 }
 
 // requestTopic is the topic of the watch that serves r, for notifications.
+// Topics are paths, as notifications name them: a template that does not
+// give one gets a leading slash.
 func (h *Handler) requestTopic(r *http.Request, repl *caddy.Replacer) string {
 	if h.Topic == "" {
 		return r.URL.Path
 	}
-	return repl.ReplaceAll(h.Topic, "")
+	t := repl.ReplaceAll(h.Topic, "")
+	if !strings.HasPrefix(t, "/") {
+		t = "/" + t
+	}
+	return t
 }
 
 // parseLongPoll reads the wait and the client's version from r. It reports

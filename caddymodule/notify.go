@@ -36,6 +36,9 @@ const (
 	MaxNotifyBody = 64 << 10
 	// MaxNotifyTopics is the most topics one notification may name.
 	MaxNotifyTopics = 1000
+	// MaxNotifyPrefixes is the most prefix topics ("/orders/*") one
+	// notification may name: each is matched against every topic.
+	MaxNotifyPrefixes = 16
 )
 
 // NotifyHandler lets an application say what changed, so that clients held
@@ -133,8 +136,11 @@ func (n *NotifyHandler) authorized(r *http.Request) bool {
 	if len(n.secret) == 0 {
 		return n.NoSecret
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), n.secret) == 1
+	auth := r.Header.Get("Authorization")
+	if len(auth) < 7 || !strings.EqualFold(auth[:7], "Bearer ") { // the scheme is case-insensitive
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(auth[7:])), n.secret) == 1
 }
 
 // readTopics reads and checks a notification body, returning the status to
@@ -156,8 +162,8 @@ func readTopics(w http.ResponseWriter, r *http.Request) ([]string, int, error) {
 	if err := dec.Decode(&req); err != nil {
 		return nil, http.StatusBadRequest, fmt.Errorf(`malformed JSON, want {"topics": ["/path", "/prefix/*"]}: %w`, err)
 	}
-	if dec.More() {
-		return nil, http.StatusBadRequest, errors.New("malformed JSON: more than one value")
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, http.StatusBadRequest, errors.New("malformed JSON: something follows the object")
 	}
 	switch {
 	case len(req.Topics) == 0:
@@ -165,13 +171,19 @@ func readTopics(w http.ResponseWriter, r *http.Request) ([]string, int, error) {
 	case len(req.Topics) > MaxNotifyTopics:
 		return nil, http.StatusBadRequest, fmt.Errorf("topics: %d given, at most %d", len(req.Topics), MaxNotifyTopics)
 	}
+	prefixes := 0
 	for i, t := range req.Topics {
 		if !strings.HasPrefix(t, "/") {
 			return nil, http.StatusBadRequest, fmt.Errorf("topics[%d]: %q is not a path (it must start with /)", i, t)
 		}
 		if star := strings.IndexByte(t, '*'); star >= 0 && star != len(t)-1 {
 			return nil, http.StatusBadRequest, fmt.Errorf("topics[%d]: %q has a * that is not at the end", i, t)
+		} else if star >= 0 {
+			prefixes++
 		}
+	}
+	if prefixes > MaxNotifyPrefixes {
+		return nil, http.StatusBadRequest, fmt.Errorf("topics: %d prefix topics (ending in *), at most %d", prefixes, MaxNotifyPrefixes)
 	}
 	return req.Topics, 0, nil
 }

@@ -86,6 +86,7 @@ func TestNotifyAuthorization(t *testing.T) {
 	}
 	for auth, want := range map[string]int{
 		"Bearer s3cret":  http.StatusAccepted,
+		"bearer s3cret":  http.StatusAccepted, // the scheme is case-insensitive
 		"Bearer s3cret2": http.StatusUnauthorized,
 		"Basic s3cret":   http.StatusUnauthorized,
 		"":               http.StatusUnauthorized,

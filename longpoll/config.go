@@ -70,6 +70,9 @@ func (c *Config) validate() error {
 	if c.PollTimeout < 0 {
 		errs = append(errs, fmt.Errorf("poll timeout must not be negative, got %v", c.PollTimeout))
 	}
+	if c.NotifyWindow < 0 {
+		errs = append(errs, fmt.Errorf("notify window must not be negative, got %v", c.NotifyWindow))
+	}
 	if c.MaxBackoff < c.Interval {
 		errs = append(errs, fmt.Errorf("max backoff %v must not be below the interval %v", c.MaxBackoff, c.Interval))
 	}

@@ -150,7 +150,7 @@ func (e *Engine) Close() error {
 	}
 	e.closed = true
 	ws := e.watches
-	e.watches = nil
+	e.watches, e.topics = nil, nil
 	e.mu.Unlock()
 
 	// Close the watches first: a poll cancelled below must find its watch
@@ -186,6 +186,10 @@ func (e *Engine) forget(w *watch) {
 // key. It returns the number of watches reached.
 func (e *Engine) Notify(patterns []string) int {
 	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return 0
+	}
 	ws := make(map[*watch]struct{}) // a watch matched twice counts once
 	for _, p := range patterns {
 		if prefix, ok := strings.CutSuffix(p, "*"); ok {

@@ -228,3 +228,44 @@ func TestNotifyBurstCoalesces(t *testing.T) {
 		}
 	})
 }
+
+// A notification that comes while a watch is detached (between a reload's
+// clean-up and the new config's first request for it) must not be lost:
+// the watch polls as soon as it is back in service, not an interval later.
+func TestNotifyWhileDetachedIsKept(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &versionFetcher{}
+		f.version.Store(1)
+		e, _ := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second})
+		defer e.Close()
+		s1, _ := e.Subscribe(longpoll.KeyOf("k"), "/a", 1, func() longpoll.Fetcher { return f })
+		defer s1.Close()
+		_, _ = s1.Fresh(t.Context())
+		e.Detach(1)
+		f.version.Store(2)
+		if n := e.Notify([]string{"/a"}); n != 1 {
+			t.Errorf("Notify on a detached watch reached %d, want 1", n)
+		}
+		s2, _ := e.Subscribe(longpoll.KeyOf("k"), "/a", 2, func() longpoll.Fetcher { return f })
+		defer s2.Close()
+		time.Sleep(2 * time.Second) // far less than the 30s interval
+		synctest.Wait()
+		if got := f.fetches.Load(); got != 2 {
+			t.Errorf("fetches after re-attaching a notified watch: got %d, want 2", got)
+		}
+		if body := string(s2.State().Snapshot.Body); body != "version 2" {
+			t.Errorf("state after re-attaching a notified watch: got %q, want version 2", body)
+		}
+	})
+}
+
+// A closed engine reaches nothing and keeps no topic index.
+func TestNotifyAfterClose(t *testing.T) {
+	e, _ := longpoll.New(longpoll.Config{})
+	sub, _ := e.Subscribe(longpoll.KeyOf("k"), "/a", 1, func() longpoll.Fetcher { return &versionFetcher{} })
+	sub.Close()
+	_ = e.Close()
+	if n := e.Notify([]string{"/a", "/*"}); n != 0 {
+		t.Errorf("Notify after Close reached %d watches, want 0", n)
+	}
+}

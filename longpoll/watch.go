@@ -73,6 +73,7 @@ type watch struct {
 	gen       uint64
 	inflight  bool
 	again     bool          // poll again as soon as the one in flight ends
+	dirty     bool          // notified while detached: poll first thing when back in service
 	pollDone  chan struct{} // closed when the poll in flight ends
 	freshPoll chan struct{} // pollDone of a poll started because the data was stale
 	polledAt  time.Time     // start of the last completed poll
@@ -141,9 +142,11 @@ func (s *Subscription) Stale() <-chan struct{} {
 	return s.await
 }
 
-// Trigger asks the watch to poll as soon as it may (at once unless the
-// upstream is in back-off), even if no subscriber waits; a trigger during a
-// poll causes one more poll right after it, however many triggers come.
+// Trigger asks the watch to poll as soon as it may, even if no subscriber
+// waits: at once, unless the upstream is in back-off or a poll caused by a
+// trigger or notification started less than Config.NotifyWindow ago. A
+// trigger during a poll causes one more poll after it, however many
+// triggers come.
 func (s *Subscription) Trigger() { s.w.trigger() }
 
 // Close leaves the watch. It is idempotent.
@@ -209,7 +212,7 @@ func (w *watch) schedule() {
 	}
 	now := time.Now()
 	due := w.polledAt.Add(w.e.cfg.Interval)
-	if w.again {
+	if w.again || w.dirty {
 		// a notification: at once, or at the end of the window of the
 		// last poll a notification caused, if that is sooner than due
 		soon := w.triggered.Add(w.e.cfg.NotifyWindow)
@@ -227,10 +230,10 @@ func (w *watch) schedule() {
 		w.timer.Reset(due.Sub(now))
 		return
 	}
-	if w.again {
+	if w.again || w.dirty {
 		w.triggered = now
 	}
-	w.inflight, w.again = true, false
+	w.inflight, w.again, w.dirty = true, false, false
 	w.pollDone = make(chan struct{})
 	go w.poll(w.fetcher, w.state.Load().Snapshot, now, w.pollDone)
 }
@@ -265,8 +268,12 @@ func (w *watch) trigger() {
 func (w *watch) notify() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.gone || w.fetcher == nil || w.state.Load().Passthrough {
+	if w.gone || w.state.Load().Passthrough {
 		return false
+	}
+	if w.fetcher == nil {
+		w.dirty = true // detached: the change is polled for when back in service
+		return true
 	}
 	if w.subs == 0 && !w.inflight {
 		w.polledAt = time.Time{} // its next subscriber polls first
@@ -448,7 +455,10 @@ func (w *watch) detach(gen uint64) bool {
 		return false
 	}
 	w.fetcher = nil
-	w.again = false // a watch without a Fetcher cannot poll: drop triggers
+	// A watch without a Fetcher cannot poll: a pending notification waits,
+	// as dirty, for the watch to be back in service.
+	w.dirty = w.dirty || w.again
+	w.again = false
 	w.timer.Stop()
 	next := *w.state.Load()
 	w.publish(&next, true) // Detached, as the fetcher is gone
