@@ -48,6 +48,46 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Every subdirective is optional and may appear once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return eachSubdirective(d, func(name string) (bool, error) {
+		switch name {
+		case "interval":
+			return true, parseDuration(d, &h.Interval)
+		case "max_wait":
+			return true, parseDuration(d, &h.MaxWait)
+		case "idle_ttl":
+			return true, parseDuration(d, &h.IdleTTL)
+		case "poll_timeout":
+			return true, parseDuration(d, &h.PollTimeout)
+		case "key":
+			return true, joinedArgs(d, &h.Key)
+		case "max_body":
+			return true, parseSize(d, &h.MaxBody)
+		case "max_waiters":
+			return true, parseInt(d, &h.MaxWaiters)
+		case "max_waiters_per_client":
+			return true, parseInt(d, &h.MaxWaitersPerClient)
+		case "topic":
+			return true, joinedArgs(d, &h.Topic)
+		case "group":
+			var err error
+			h.Group, err = oneArg(d)
+			return true, err
+		case "query_params":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return true, d.ArgErr()
+			}
+			h.QueryParams = &QueryParams{Wait: args[0], ETag: args[1]}
+			return true, nil
+		}
+		return false, nil
+	})
+}
+
+// eachSubdirective consumes the directive name, refuses arguments on its
+// line, and calls parse for each subdirective of its block, refusing one
+// that is repeated or that parse does not know (it returns false for it).
+func eachSubdirective(d *caddyfile.Dispenser, parse func(name string) (known bool, err error)) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -59,53 +99,25 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("%s already specified", name)
 		}
 		seen[name] = true
-		var err error
-		switch name {
-		case "interval":
-			err = parseDuration(d, &h.Interval)
-		case "max_wait":
-			err = parseDuration(d, &h.MaxWait)
-		case "idle_ttl":
-			err = parseDuration(d, &h.IdleTTL)
-		case "poll_timeout":
-			err = parseDuration(d, &h.PollTimeout)
-		case "key":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			h.Key = strings.Join(args, " ")
-		case "max_body":
-			err = parseSize(d, &h.MaxBody)
-		case "max_waiters":
-			err = parseInt(d, &h.MaxWaiters)
-		case "max_waiters_per_client":
-			err = parseInt(d, &h.MaxWaitersPerClient)
-		case "topic":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			h.Topic = strings.Join(args, " ")
-		case "group":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			h.Group = val
-		case "query_params":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.ArgErr()
-			}
-			h.QueryParams = &QueryParams{Wait: args[0], ETag: args[1]}
-		default:
-			return d.Errf("unrecognized subdirective '%s'", name)
-		}
+		known, err := parse(name)
 		if err != nil {
 			return err
 		}
+		if !known {
+			return d.Errf("unrecognized subdirective '%s'", name)
+		}
 	}
+	return nil
+}
+
+// joinedArgs reads the one or more arguments of the current subdirective,
+// joined by a space (a template written in several tokens).
+func joinedArgs(d *caddyfile.Dispenser, dst *string) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	*dst = strings.Join(args, " ")
 	return nil
 }
 

@@ -261,17 +261,7 @@ func parseNotifyCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 // Every subdirective is optional and may appear once; one of secret and
 // no_secret is required.
 func (n *NotifyHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := make(map[string]bool)
-	for d.NextBlock(0) {
-		name := d.Val()
-		if seen[name] {
-			return d.Errf("%s already specified", name)
-		}
-		seen[name] = true
+	return eachSubdirective(d, func(name string) (bool, error) {
 		var err error
 		switch name {
 		case "secret":
@@ -280,17 +270,14 @@ func (n *NotifyHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			n.Group, err = oneArg(d)
 		case "no_secret":
 			if d.NextArg() {
-				return d.ArgErr()
+				return true, d.ArgErr()
 			}
 			n.NoSecret = true
 		default:
-			return d.Errf("unrecognized subdirective '%s'", name)
+			return false, nil
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return true, err
+	})
 }
 
 // Interface guards

@@ -39,10 +39,9 @@ type hub struct {
 	stop        chan struct{}
 }
 
-// route is the path polls take through a config: the handler after
-// longpoll, and the server, of the handler instance of generation gen.
+// route is the path polls take through a config: the handler after a
+// longpoll handler, and its server.
 type route struct {
-	gen    uint64
 	next   caddyhttp.Handler
 	server *caddyhttp.Server
 }

@@ -67,7 +67,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// for the watch's key through a newer config: from then on the
 		// watch polls through this handler's route.
 		srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-		return newFetcher(r, &route{gen: h.gen, next: next, server: srv}, h.MaxBody)
+		return newFetcher(r, &route{next: next, server: srv}, h.MaxBody)
 	})
 	if err != nil {
 		// the engine closed under an old config's handler: serve directly

@@ -20,6 +20,24 @@ type versionFetcher struct {
 	version, fetches atomic.Int64
 }
 
+func newVersionFetcher() *versionFetcher {
+	f := &versionFetcher{}
+	f.version.Store(1)
+	return f
+}
+
+// slowEngine is an engine that polls every 30s, so that any quicker poll
+// comes from a notification; it is closed at the end of the test.
+func slowEngine(t *testing.T) *longpoll.Engine {
+	t.Helper()
+	e, err := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	return e
+}
+
 func (f *versionFetcher) Fetch(ctx context.Context, _ *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 	f.fetches.Add(1)
 	select {
@@ -36,8 +54,7 @@ func (f *versionFetcher) Fetch(ctx context.Context, _ *longpoll.Snapshot) (*long
 // an answer given at once is never older than one interval.
 func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := &versionFetcher{}
-		f.version.Store(1)
+		f := newVersionFetcher()
 		e, _ := longpoll.New(longpoll.Config{Interval: 200 * time.Millisecond, PollTimeout: 5 * time.Second})
 		defer e.Close()
 		key := longpoll.KeyOf("k")
@@ -70,8 +87,7 @@ func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
 // be held on a watch that no longer polls.
 func TestPollEndingAfterDetachKeepsDetached(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := &versionFetcher{}
-		f.version.Store(1)
+		f := newVersionFetcher()
 		e, _ := longpoll.New(longpoll.Config{Interval: 200 * time.Millisecond, PollTimeout: 5 * time.Second})
 		defer e.Close()
 		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "t", 1, func() longpoll.Fetcher { return f })
@@ -147,8 +163,7 @@ func TestQueryETag(t *testing.T) {
 // polls when its next subscriber comes, and other topics are untouched.
 func TestNotify(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		e, _ := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second})
-		defer e.Close()
+		e := slowEngine(t)
 		fetchers := map[string]*versionFetcher{}
 		subs := map[string]*longpoll.Subscription{}
 		for _, topic := range []string{"/orders/42", "/orders/43", "/users/1"} {
@@ -211,10 +226,8 @@ func TestNotify(t *testing.T) {
 // one now, at most one more after it, never two in flight.
 func TestNotifyBurstCoalesces(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := &versionFetcher{}
-		f.version.Store(1)
-		e, _ := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second})
-		defer e.Close()
+		f := newVersionFetcher()
+		e := slowEngine(t)
 		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "/t", 1, func() longpoll.Fetcher { return f })
 		defer sub.Close()
 		_, _ = sub.Fresh(t.Context())
@@ -234,10 +247,8 @@ func TestNotifyBurstCoalesces(t *testing.T) {
 // the watch polls as soon as it is back in service, not an interval later.
 func TestNotifyWhileDetachedIsKept(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := &versionFetcher{}
-		f.version.Store(1)
-		e, _ := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second})
-		defer e.Close()
+		f := newVersionFetcher()
+		e := slowEngine(t)
 		s1, _ := e.Subscribe(longpoll.KeyOf("k"), "/a", 1, func() longpoll.Fetcher { return f })
 		defer s1.Close()
 		_, _ = s1.Fresh(t.Context())
