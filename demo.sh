@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # demo.sh: the README's demo. It builds Caddy with this module from the
-# working tree (as xcaddy.md says), checks Caddyfile.example with
+# working tree with build.sh (as xcaddy.md says), checks Caddyfile.example with
 # `caddy validate` and `caddy fmt`, runs it over a scratch folder, and shows
 # with curl a request held and then released by a change to a file, and a
 # 304 Not Modified after the wait. It exits non-zero if anything is not as
@@ -8,40 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CADDY_VERSION=${CADDY_VERSION:-v2.11.9}
-XCADDY_VERSION=v0.4.5
-MODULE=github.com/caddy-longpoll/caddy-longpoll
 BASE=http://localhost:8080
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 
-# xcaddy: the one on PATH, or one built once from a scratch module.
-XCADDY=$(command -v xcaddy || true)
-if [ -z "$XCADDY" ]; then
-	XCADDY=${XDG_CACHE_HOME:-$HOME/.cache}/caddy-longpoll/xcaddy-$XCADDY_VERSION
-	if [ ! -x "$XCADDY" ]; then
-		say "building xcaddy $XCADDY_VERSION"
-		scratch=$(mktemp -d)
-		(cd "$scratch" && go mod init xcaddy-build >/dev/null 2>&1 &&
-			go get "github.com/caddyserver/xcaddy/cmd@$XCADDY_VERSION" &&
-			go build -o "$XCADDY" github.com/caddyserver/xcaddy/cmd/xcaddy)
-		rm -rf "$scratch"
-	fi
-fi
-
-# A Go module proxy that refuses version-list queries (403) stops `go get`
-# before it falls back to the replaced module; "|off" after the first proxy
-# turns such a refusal into "not found". Harmless with a proxy that answers.
-proxy=$(go env GOPROXY | cut -d, -f1 | cut -d'|' -f1)
-case "$proxy" in off | direct) ;; *) export GOPROXY="$proxy|off" ;; esac
-
-say "building Caddy $CADDY_VERSION with the module from this checkout (first build: ~3 minutes)"
-CADDY_VERSION=$CADDY_VERSION "$XCADDY" build \
-	--output ./caddy \
-	--with "$MODULE/caddymodule" \
-	--replace "$MODULE=."
-./caddy list-modules | grep -qx 'http.handlers.longpoll' || fail "the module is not in the build"
+bash ./build.sh
 
 say "checking Caddyfile.example"
 ./caddy validate --config Caddyfile.example --adapter caddyfile 2>/dev/null

@@ -1,29 +1,40 @@
 // Copyright 2026 The caddy-longpoll Authors
 // SPDX-License-Identifier: Apache-2.0
 
-// Command loadtest measures a Caddy built with the longpoll module: it runs
-// an upstream on loopback, starts the given Caddy binary in front of it,
-// holds N long-poll requests on one key, changes the upstream once, and
-// reports the memory per held request and the time from the change reaching
-// Caddy to each client having its full response. With -notify, the change is
-// announced to longpoll_notify (the interval is then 30s, a safety net), and
-// times count from the notify request.
+// Command loadtest measures Caddy with the longpoll module side by side with
+// a floor: a minimal Go net/http server whose handler blocks on a shared
+// channel until a change, which is what Go itself costs per held request.
 //
-//	go run ./loadtest -caddy ./caddy -n 10000
-//	go run ./loadtest -caddy ./caddy -n 10000 -notify
+//	go run ./loadtest                      # builds ./caddy with build.sh, runs everything
+//	go run ./loadtest -caddy ./caddy -n 1000 -phases fanout
 //
-// Every loop is bounded in count and time, and all traffic stays on
-// 127.0.0.1.
+// It runs, each server in a process of its own on loopback:
+//
+//   - fanout, for each N: N requests held on one key, then one change,
+//     announced by a request (the floor's POST /_change; the module's
+//     longpoll_notify). Memory per held request (RSS held minus idle, over
+//     N), the time from that request to each client's full answer, the
+//     answers lost, and the server's CPU for the hold and the release, for
+//     the floor and for Caddy with the module.
+//   - upstream: 1,000 clients long-polling one key (then 10 keys) at
+//     interval 1s, the upstream changing every 5 s, and the upstream
+//     requests they cause, against the same clients short-polling every
+//     second through plain reverse_proxy.
+//   - passthrough: ordinary requests (no Prefer) through a route with
+//     longpoll and the same route without it, in alternating rounds:
+//     throughput, latency and Caddy's CPU per request.
+//
+// The client runs here too and shares the machine's cores with the
+// servers: its own CPU is reported beside the server's. Every loop is
+// bounded in count and time.
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,384 +42,526 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
 )
 
+type options struct {
+	caddy    string
+	ns       []int
+	body     int
+	settle   time.Duration
+	sustain  time.Duration
+	shortFor time.Duration
+	rounds   int
+	phases   map[string]bool
+	pprof    string
+}
+
 func main() {
-	caddyBin := flag.String("caddy", "./caddy", "Caddy binary built with the longpoll module")
-	n := flag.Int("n", 10000, "long-poll clients to hold (at most about 19,000 under a 20,000 file limit)")
-	interval := flag.Duration("interval", time.Second, "the longpoll interval")
-	bodySize := flag.Int("body", 1024, "size of the upstream body in bytes")
-	settle := flag.Duration("settle", 3*time.Second, "time to let held requests settle before measuring memory")
-	notify := flag.Bool("notify", false, "announce the change with longpoll_notify (and poll every 30s)")
+	var o options
+	role := flag.String("role", "", "internal: run as the upstream or the floor server")
+	flag.StringVar(&o.caddy, "caddy", "", "Caddy binary built with the module (default: build ./caddy with build.sh)")
+	ns := flag.String("n", "1000,10000,19000", "held requests per fan-out run, comma-separated (at most about 19,000 under a 20,000 file limit)")
+	flag.IntVar(&o.body, "body", 1024, "size of the upstream body in bytes")
+	flag.DurationVar(&o.settle, "settle", 3*time.Second, "time to let the server settle before reading its memory")
+	flag.DurationVar(&o.sustain, "sustain", 60*time.Second, "length of each long-polling run of the upstream phase")
+	flag.DurationVar(&o.shortFor, "shortpoll", 10*time.Second, "length of the short-polling run of the upstream phase")
+	flag.IntVar(&o.rounds, "rounds", 5, "rounds of 2s per route in the pass-through phase")
+	phases := flag.String("phases", "fanout,upstream,passthrough", "phases to run")
+	flag.StringVar(&o.pprof, "pprof", "", "folder to save Caddy's heap profile (held) and CPU profile (release) in, per N")
 	flag.Parse()
-	if *notify {
-		*interval = 30 * time.Second
+
+	var err error
+	switch *role {
+	case "upstream":
+		err = runUpstream(o.body)
+	case "floor":
+		err = runFloor(o.body)
+	case "":
+		o.phases = map[string]bool{}
+		for p := range strings.SplitSeq(*phases, ",") {
+			o.phases[strings.TrimSpace(p)] = true
+		}
+		for s := range strings.SplitSeq(*ns, ",") {
+			n, perr := strconv.Atoi(strings.TrimSpace(s))
+			if perr != nil || n < 1 {
+				fmt.Fprintf(os.Stderr, "loadtest: -n: %q is not a count\n", s)
+				os.Exit(2)
+			}
+			o.ns = append(o.ns, n)
+		}
+		err = run(o)
+	default:
+		err = fmt.Errorf("unknown role %q", *role)
 	}
-	if err := run(*caddyBin, *n, *interval, *bodySize, *settle, *notify); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
 }
 
-func run(caddyBin string, n int, interval time.Duration, bodySize int, settle time.Duration, notify bool) error {
-	up, err := startUpstream(bodySize)
+func run(o options) error {
+	if err := checkFileLimit(o.ns); err != nil {
+		return err
+	}
+	if o.caddy == "" {
+		fmt.Fprintln(os.Stderr, "building ./caddy with build.sh")
+		cmd := exec.Command("bash", "./build.sh")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("build.sh (run from the repository's root): %w", err)
+		}
+		o.caddy = "./caddy"
+	}
+	bin, err := filepath.Abs(o.caddy)
 	if err != nil {
 		return err
 	}
-	defer up.close()
-
-	caddy, err := startCaddy(caddyBin, up.addr, interval, notify)
-	if err != nil {
-		return err
-	}
-	defer caddy.stop()
-
-	etag, err := currentETag(caddy.addr)
-	if err != nil {
-		return err
-	}
-	time.Sleep(settle) // let the first request's watch go idle and Caddy settle
-	rssIdle, err := rss(caddy.pid())
-	if err != nil {
-		return err
-	}
-
-	clients, err := holdClients(caddy.addr, etag, n)
-	if err != nil {
-		return err
-	}
-	time.Sleep(settle)
-	rssHeld, err := rss(caddy.pid())
-	if err != nil {
-		return err
-	}
-	early := clients.answered.Load()
-	hitsBefore := up.hits.Load()
-
-	changedAt := up.change()
-	if notify {
-		changedAt = time.Now()
-		if err := postNotify(caddy.addr); err != nil {
+	o.caddy = bin
+	if o.pprof != "" {
+		if err := os.MkdirAll(o.pprof, 0o755); err != nil {
 			return err
 		}
 	}
-	if !clients.wait(30 * time.Second) {
-		return fmt.Errorf("only %d of %d clients answered within 30s of the change", clients.answered.Load(), n)
+	fmt.Println(machine())
+	if o.phases["fanout"] {
+		var rows []fanoutPair
+		for _, n := range o.ns {
+			floor, err := fanoutFloor(o, n)
+			if err != nil {
+				return fmt.Errorf("floor, %d held: %w", n, err)
+			}
+			mod, err := fanoutModule(o, n)
+			if err != nil {
+				return fmt.Errorf("module, %d held: %w", n, err)
+			}
+			rows = append(rows, fanoutPair{floor, mod})
+			printFanout(rows[len(rows)-1:])
+		}
+		fmt.Println("\n## Fan-out: all runs")
+		printFanout(rows)
 	}
-	from := up.servedNew()
-	if notify {
-		from = changedAt
+	if o.phases["upstream"] {
+		if err := upstreamPhase(o); err != nil {
+			return fmt.Errorf("upstream phase: %w", err)
+		}
 	}
-	report(n, early, rssIdle, rssHeld, from, changedAt, clients, up.hits.Load()-hitsBefore, notify)
+	if o.phases["passthrough"] {
+		if err := passthroughPhase(o); err != nil {
+			return fmt.Errorf("pass-through phase: %w", err)
+		}
+	}
 	return nil
 }
 
-// postNotify announces the change of /resource to longpoll_notify.
-func postNotify(addr string) error {
-	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/_longpoll/notify", strings.NewReader(`{"topics": ["/resource"]}`))
-	req.Header.Set("Authorization", "Bearer "+notifySecret)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("notify: %w", err)
+// checkFileLimit refuses counts the file limit cannot hold: each held
+// request is one file in the client and one in the server.
+func checkFileLimit(ns []int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("notify: got %d %s, want 202", resp.StatusCode, body)
+	for _, n := range ns {
+		if uint64(n)+500 > lim.Cur {
+			return fmt.Errorf("-n %d needs %d files, and this process may open %d (ulimit -n)", n, n+500, lim.Cur)
+		}
 	}
 	return nil
 }
 
-const notifySecret = "loadtest-secret"
-
-func report(n int, early int64, rssIdle, rssHeld int64, served, changedAt time.Time, c *clientSet, polls int64, notify bool) {
-	lat := make([]time.Duration, 0, n)
-	var bad int
-	for i := range c.done {
-		if c.status[i] != http.StatusOK {
-			bad++
-			continue
-		}
-		lat = append(lat, c.done[i].Sub(served))
-	}
-	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
-	}
-	fmt.Printf("held requests:            %d (answered before the change: %d)\n", n, early)
-	fmt.Printf("caddy RSS idle / held:    %.1f MiB / %.1f MiB\n", mib(rssIdle), mib(rssHeld))
-	fmt.Printf("memory per held request:  %.1f KiB\n", float64(rssHeld-rssIdle)/float64(n)/1024)
-	from := "poll"
-	if notify {
-		from = "notify request"
-	} else {
-		fmt.Printf("change to poll:           %v (the upstream served the new body to Caddy's poll)\n", served.Sub(changedAt).Round(time.Millisecond))
-	}
-	fmt.Printf("released with 200:        %d of %d (other statuses: %d)\n", len(lat), n, bad)
-	fmt.Printf("%s to client answered: p50 %v  p99 %v  max %v\n", from,
-		pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), pct(1).Round(time.Millisecond))
-	fmt.Printf("upstream requests during the release: %d\n", polls)
-}
-
-func mib(b int64) float64 { return float64(b) / (1 << 20) }
-
-// upstream is the origin: one resource whose body changes once.
-type upstream struct {
-	srv      *http.Server
-	addr     string
-	hits     atomic.Int64
-	mu       sync.Mutex
-	body     []byte
-	version  int
-	changed  time.Time
-	servedAt time.Time // when the changed body was first served
-}
-
-func startUpstream(size int) (*upstream, error) {
-	u := &upstream{body: makeBody(size, 1), version: 1}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	u.addr = ln.Addr().String()
-	u.srv = &http.Server{Handler: http.HandlerFunc(u.serve), ReadHeaderTimeout: 10 * time.Second}
-	go u.srv.Serve(ln) //nolint:errcheck // ends at close
-	return u, nil
-}
-
-func makeBody(size, version int) []byte {
-	b := []byte(fmt.Sprintf(`{"version":%d,"pad":"`, version))
-	for len(b) < size-2 {
-		b = append(b, 'x')
-	}
-	return append(b, '"', '}')
-}
-
-func (u *upstream) serve(w http.ResponseWriter, _ *http.Request) {
-	u.hits.Add(1)
-	u.mu.Lock()
-	body := u.body
-	if u.version > 1 && u.servedAt.IsZero() {
-		u.servedAt = time.Now()
-	}
-	u.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	_, _ = w.Write(body)
-}
-
-func (u *upstream) change() time.Time {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.version++
-	u.body = makeBody(len(u.body), u.version)
-	u.changed = time.Now()
-	return u.changed
-}
-
-func (u *upstream) servedNew() time.Time {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.servedAt
-}
-
-func (u *upstream) close() { _ = u.srv.Close() }
-
-// caddyProc is the Caddy under test.
-type caddyProc struct {
-	cmd  *exec.Cmd
-	addr string
-	dir  string
-}
-
-func startCaddy(bin, upstreamAddr string, interval time.Duration, notify bool) (*caddyProc, error) {
-	bin, err := filepath.Abs(bin)
-	if err != nil {
-		return nil, err
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "longpoll-load")
-	if err != nil {
-		return nil, err
-	}
-	cfg := fmt.Sprintf(`{
-	admin off
-	auto_https off
-	log {
-		level ERROR
-	}
-}
-
-http://127.0.0.1:%d {
-%s	longpoll {
-		interval %s
-		max_waiters 100000
-	}
-	reverse_proxy %s
-}
-`, port, notifyRoute(notify), interval, upstreamAddr)
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		return nil, err
-	}
-	logf, err := os.Create(filepath.Join(dir, "caddy.log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	c := &caddyProc{cmd: cmd, addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
-	for range 100 {
-		if conn, err := net.Dial("tcp", c.addr); err == nil {
-			conn.Close()
-			return c, nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	c.stop()
-	return nil, fmt.Errorf("caddy did not start; see %s", logf.Name())
-}
-
-func notifyRoute(notify bool) string {
-	if !notify {
-		return ""
-	}
-	return "\thandle /_longpoll/notify {\n\t\tlongpoll_notify {\n\t\t\tsecret " + notifySecret + "\n\t\t}\n\t}\n"
-}
-
-func (c *caddyProc) pid() int { return c.cmd.Process.Pid }
-
-func (c *caddyProc) stop() {
-	_ = c.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = c.cmd.Process.Kill()
-	}
-	os.RemoveAll(c.dir)
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// rss reads a process's resident set size from /proc.
-func rss(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb * 1024, err
+func machine() string {
+	host, _ := os.Hostname()
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if name, ok := strings.CutPrefix(line, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
+				break
+			}
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	return fmt.Sprintf("# loadtest on %s: %s, %d CPUs, %s", host, cpu, numCPU(), time.Now().Format(time.DateOnly))
+}
+
+// fanout is one server's figures for N held requests.
+type fanout struct {
+	n                int
+	rssIdle, rssHeld int64
+	cpuHold, cpuRel  time.Duration // the server's
+	clientHold       time.Duration // the client's own CPU while holding
+	clientRel        time.Duration // the client's own CPU during the release
+	lat              []time.Duration
+	lost             int
+	early            int64 // answered before the change: none should be
+	releaseWall      time.Duration
+	upstreamHits     int64 // during the release (module only)
+}
+
+type fanoutPair struct{ floor, module fanout }
+
+// trigger announces the change; it is timed from just before it is sent.
+type trigger func() error
+
+func fanoutFloor(o options, n int) (fanout, error) {
+	p, err := startChild("floor", o.body)
+	if err != nil {
+		return fanout{n: n}, err
+	}
+	defer p.stop()
+	// one request answered at once, as the module's first one is
+	if _, err := currentETag(p.addr); err != nil {
+		return fanout{n: n}, err
+	}
+	return measureFanout(o, p, n, `"v1"`, nil, func() error {
+		return post("http://"+p.addr+"/_change", "", "", http.StatusNoContent)
+	}, nil)
+}
+
+func fanoutModule(o options, n int) (fanout, error) {
+	up, err := startChild("upstream", o.body)
+	if err != nil {
+		return fanout{n: n}, err
+	}
+	defer up.stop()
+	c, ports, err := startCaddy(o.caddy, up.addr, 30*time.Second, o.pprof != "")
+	if err != nil {
+		return fanout{n: n}, err
+	}
+	defer c.stop()
+	etag, err := currentETag(c.addr)
+	if err != nil {
+		return fanout{n: n}, err
+	}
+	var prof *profiler
+	if o.pprof != "" {
+		prof = &profiler{dir: o.pprof, admin: fmt.Sprintf("127.0.0.1:%d", ports.admin), n: n}
+	}
+	notify := fmt.Sprintf("http://127.0.0.1:%d/", ports.notify)
+	before, err := stats(up.addr)
+	if err != nil {
+		return fanout{n: n}, err
+	}
+	change := func() error { return post("http://"+up.addr+"/_change", "", "", http.StatusNoContent) }
+	f, err := measureFanout(o, c, n, etag, change, func() error {
+		return post(notify, `{"topics": ["/resource"]}`, notifySecret, http.StatusAccepted)
+	}, prof)
+	after, serr := stats(up.addr)
+	f.upstreamHits = after.Hits - before.Hits
+	return f, errors.Join(err, serr)
+}
+
+// measureFanout holds n requests on p, then releases them with t, timed
+// from just before it is sent. For the module, change first changes the
+// upstream, which t then announces.
+func measureFanout(o options, p *proc, n int, etag string, change, t trigger, prof *profiler) (fanout, error) {
+	f := fanout{n: n}
+	time.Sleep(o.settle)
+	var err error
+	if f.rssIdle, err = rss(p.pid()); err != nil {
+		return f, err
+	}
+	cpu0, err := cpuTime(p.pid())
+	if err != nil {
+		return f, err
+	}
+	cc0 := clientCPU()
+	clients, err := holdClients(p.addr, etag, n)
+	if err != nil {
+		return f, err
+	}
+	defer clients.close()
+	time.Sleep(o.settle)
+	f.clientHold = clientCPU() - cc0
+	if f.rssHeld, err = rss(p.pid()); err != nil {
+		return f, err
+	}
+	cpu1, err := cpuTime(p.pid())
+	if err != nil {
+		return f, err
+	}
+	f.cpuHold = cpu1 - cpu0
+	f.early = clients.answered.Load()
+	if prof != nil {
+		prof.heap()
+		prof.startCPU()
+	}
+	if change != nil {
+		if err := change(); err != nil {
+			return f, err
+		}
+	}
+	cc1 := clientCPU()
+	t0 := time.Now()
+	if err := t(); err != nil {
+		return f, err
+	}
+	if !clients.wait(60 * time.Second) {
+		return f, fmt.Errorf("%d of %d answered within 60s of the change", clients.answered.Load(), n)
+	}
+	f.clientRel = clientCPU() - cc1
+	f.lat, f.lost = clients.latencies(t0)
+	if len(f.lat) > 0 {
+		f.releaseWall = f.lat[len(f.lat)-1]
+	}
+	time.Sleep(200 * time.Millisecond) // the last writes' own tail
+	cpu2, err := cpuTime(p.pid())
+	if err != nil {
+		return f, err
+	}
+	f.cpuRel = cpu2 - cpu1
+	if prof != nil {
+		prof.wait()
+	}
+	return f, nil
 }
 
 func currentETag(addr string) (string, error) {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/resource", nil)
 	req.Header.Set("Prefer", "wait=10")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := controlClient.Do(req)
 	if err != nil {
 		return "", err
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
 	if etag := resp.Header.Get("Etag"); etag != "" {
 		return etag, nil
 	}
 	return "", fmt.Errorf("no ETag in the first answer (status %d)", resp.StatusCode)
 }
 
-// clientSet is N long-poll clients on raw connections, one goroutine each.
-type clientSet struct {
-	done     []time.Time
-	status   []int
-	answered atomic.Int64
-	all      sync.WaitGroup
+func numCPU() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), "\nprocessor") + 1
 }
 
-// holdClients opens n connections, paced in batches so that the listen
-// backlog never overflows, and sends one held long-poll request on each.
-func holdClients(addr, etag string, n int) (*clientSet, error) {
-	c := &clientSet{done: make([]time.Time, n), status: make([]int, n)}
-	req := fmt.Sprintf("GET /resource HTTP/1.1\r\nHost: %s\r\nPrefer: wait=60\r\nIf-None-Match: %s\r\n\r\n", addr, etag)
-	const batch = 500
-	for start := 0; start < n; start += batch {
-		var dialed sync.WaitGroup
-		var firstErr atomic.Value
-		for i := start; i < min(start+batch, n); i++ {
-			dialed.Add(1)
-			c.all.Add(1)
-			go func() {
-				conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
-				if err == nil {
-					_, err = io.WriteString(conn, req)
-				}
-				dialed.Done()
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					c.all.Done()
-					return
-				}
-				c.read(conn, i)
-			}()
+func printFanout(rows []fanoutPair) {
+	fmt.Println()
+	fmt.Println("| Figure | Held | Floor (net/http) | Caddy + longpoll | Ratio |")
+	fmt.Println("|---|---:|---:|---:|---:|")
+	for _, r := range rows {
+		fl, m := r.floor, r.module
+		n := fmt.Sprintf("%d", fl.n)
+		row := func(name, a, b string, ratio float64) {
+			fmt.Printf("| %s | %s | %s | %s | %s |\n", name, n, a, b, ratioText(ratio))
 		}
-		dialed.Wait()
-		if err, _ := firstErr.Load().(error); err != nil {
-			return nil, fmt.Errorf("connecting client: %w", err)
+		perHeld := func(f fanout) float64 { return float64(f.rssHeld-f.rssIdle) / float64(f.n) / 1024 }
+		row("memory per held request (RSS)", fmt.Sprintf("%.1f KiB", perHeld(fl)), fmt.Sprintf("%.1f KiB", perHeld(m)), perHeld(m)/perHeld(fl))
+		for _, q := range []struct {
+			name string
+			p    float64
+		}{{"fan-out p50", .5}, {"fan-out p99", .99}, {"fan-out max", 1}} {
+			a, b := pct(fl.lat, q.p), pct(m.lat, q.p)
+			row(q.name, ms(a), ms(b), float64(b)/float64(a))
+		}
+		row("released with 200 (lost)", fmt.Sprintf("%d (%d)", len(fl.lat), fl.lost+int(fl.early)),
+			fmt.Sprintf("%d (%d)", len(m.lat), m.lost+int(m.early)), float64(len(m.lat))/float64(len(fl.lat)))
+		row("server CPU, hold", ms(fl.cpuHold), ms(m.cpuHold), float64(m.cpuHold)/float64(fl.cpuHold))
+		row("server CPU, release", ms(fl.cpuRel), ms(m.cpuRel), float64(m.cpuRel)/float64(fl.cpuRel))
+		row("client CPU, hold / release", ms(fl.clientHold)+" / "+ms(fl.clientRel), ms(m.clientHold)+" / "+ms(m.clientRel), 0)
+		row("upstream requests, release", "–", fmt.Sprintf("%d", m.upstreamHits), 0)
+	}
+}
+
+func ratioText(r float64) string {
+	if r == 0 || r != r {
+		return ""
+	}
+	return fmt.Sprintf("%.2f×", r)
+}
+
+func ms(d time.Duration) string {
+	if d < 10*time.Millisecond {
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%d ms", d.Round(time.Millisecond)/time.Millisecond)
+}
+
+// upstreamPhase counts the upstream requests of clients long-polling at
+// interval 1s, and of the same clients short-polling through plain
+// reverse_proxy.
+func upstreamPhase(o options) error {
+	up, err := startChild("upstream", o.body)
+	if err != nil {
+		return err
+	}
+	defer up.stop()
+	c, ports, err := startCaddy(o.caddy, up.addr, time.Second, false)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	const clients = 1000
+	fmt.Printf("\n## Upstream requests (%d clients, interval 1s, the upstream changing every 5s)\n\n", clients)
+	fmt.Println("| Clients poll | Keys | Run | Upstream requests | Bound (keys × (run/interval + 2)) | Answers | Errors |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	for _, keys := range []int{1, 10} {
+		paths := make([]string, keys)
+		for i := range paths {
+			paths[i] = fmt.Sprintf("/k/%d", i)
+		}
+		if keys == 1 {
+			paths[0] = "/resource"
+		}
+		before, err := stats(up.addr)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), o.sustain)
+		go changeEvery(ctx, up.addr, 5*time.Second)
+		answers, errs := longPollLoop(ctx, "http://"+c.addr, paths, clients)
+		cancel()
+		after, err := stats(up.addr)
+		if err != nil {
+			return err
+		}
+		bound := keys * (int(o.sustain/time.Second) + 2)
+		fmt.Printf("| long-poll through longpoll | %d | %v | %d | %d | %d | %d |\n",
+			keys, o.sustain, after.Hits-before.Hits, bound, answers, errs)
+	}
+	before, err := stats(up.addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.shortFor)
+	answers, errs := shortPollLoop(ctx, fmt.Sprintf("http://127.0.0.1:%d/resource", ports.plain), clients, time.Second)
+	cancel()
+	after, err := stats(up.addr)
+	if err != nil {
+		return err
+	}
+	hits := after.Hits - before.Hits
+	fmt.Printf("| every 1s through plain reverse_proxy | 1 | %v | %d (%d per 60s) | – | %d | %d |\n",
+		o.shortFor, hits, hits*int64(time.Minute)/int64(o.shortFor), answers, errs)
+	return nil
+}
+
+func changeEvery(ctx context.Context, upstream string, d time.Duration) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = post("http://"+upstream+"/_change", "", "", http.StatusNoContent)
 		}
 	}
-	return c, nil
 }
 
-func (c *clientSet) read(conn net.Conn, i int) {
-	defer c.all.Done()
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+// passthroughPhase compares ordinary requests through the longpoll route
+// and through the same route without it, in alternating rounds.
+func passthroughPhase(o options) error {
+	up, err := startChild("upstream", o.body)
 	if err != nil {
+		return err
+	}
+	defer up.stop()
+	c, ports, err := startCaddy(o.caddy, up.addr, time.Second, false)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	const conc = 32
+	const round = 2 * time.Second
+	type total struct {
+		ok, errs int
+		lat      []time.Duration
+		cpu      time.Duration
+		client   time.Duration
+	}
+	var with, without total
+	urls := map[*total]string{
+		&with:    fmt.Sprintf("http://127.0.0.1:%d/resource", ports.longpoll),
+		&without: fmt.Sprintf("http://127.0.0.1:%d/resource", ports.plain),
+	}
+	throughput(urls[&without], conc, round/2) // warm up both
+	throughput(urls[&with], conc, round/2)
+	for r := range o.rounds {
+		order := []*total{&with, &without}
+		if r%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, t := range order {
+			cpu0, err := cpuTime(c.pid())
+			if err != nil {
+				return err
+			}
+			cc0 := clientCPU()
+			ok, lat, errs := throughput(urls[t], conc, round)
+			cpu1, err := cpuTime(c.pid())
+			if err != nil {
+				return err
+			}
+			t.client += clientCPU() - cc0
+			t.ok, t.errs, t.cpu = t.ok+ok, t.errs+errs, t.cpu+cpu1-cpu0
+			t.lat = append(t.lat, lat...)
+		}
+	}
+	secs := (time.Duration(o.rounds) * round).Seconds()
+	fmt.Printf("\n## Pass-through: requests without Prefer, %d connections, %d rounds of %v per route, alternating\n\n", conc, o.rounds, round)
+	fmt.Println("| Figure | Without longpoll | With longpoll | Ratio |")
+	fmt.Println("|---|---:|---:|---:|")
+	for _, t := range []*total{&with, &without} {
+		slices.Sort(t.lat)
+	}
+	rate := func(t total) float64 { return float64(t.ok) / secs }
+	perReq := func(t total) float64 { return float64(t.cpu.Microseconds()) / float64(max(t.ok, 1)) }
+	fmt.Printf("| throughput | %.0f req/s | %.0f req/s | %.3f× |\n", rate(without), rate(with), rate(with)/rate(without))
+	for _, q := range []struct {
+		name string
+		p    float64
+	}{{"latency p50", .5}, {"latency p99", .99}} {
+		a, b := pct(without.lat, q.p), pct(with.lat, q.p)
+		fmt.Printf("| %s | %s | %s | %.2f× |\n", q.name, usText(a), usText(b), float64(b)/float64(a))
+	}
+	fmt.Printf("| Caddy CPU per request | %.1f µs | %.1f µs | %.3f× |\n", perReq(without), perReq(with), perReq(with)/perReq(without))
+	fmt.Printf("| client CPU | %v | %v | |\n", without.client.Round(time.Millisecond), with.client.Round(time.Millisecond))
+	fmt.Printf("| errors | %d | %d | |\n", without.errs, with.errs)
+	return nil
+}
+
+func usText(d time.Duration) string {
+	return fmt.Sprintf("%d µs", d.Microseconds())
+}
+
+// profiler saves Caddy's profiles from its admin endpoint.
+type profiler struct {
+	dir, admin string
+	n          int
+	cpuDone    chan struct{}
+}
+
+func (p *profiler) save(path, name string) {
+	resp, err := (&http.Client{Timeout: time.Minute}).Get("http://" + p.admin + path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pprof:", err)
 		return
 	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err == nil {
-		c.done[i], c.status[i] = time.Now(), resp.StatusCode
+	defer resp.Body.Close()
+	f, err := os.Create(filepath.Join(p.dir, fmt.Sprintf("%s-%d.pb.gz", name, p.n)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pprof:", err)
+		return
 	}
-	c.answered.Add(1)
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
 }
 
-// wait waits for every client to finish, at most d.
-func (c *clientSet) wait(d time.Duration) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	done := make(chan struct{})
-	go func() { c.all.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+// heap saves the heap profile, with the requests held.
+func (p *profiler) heap() { p.save("/debug/pprof/heap", "heap") }
+
+// startCPU starts a 3s CPU profile, to cover the release.
+func (p *profiler) startCPU() {
+	p.cpuDone = make(chan struct{})
+	go func() {
+		defer close(p.cpuDone)
+		p.save("/debug/pprof/profile?seconds=3", "cpu")
+	}()
+	time.Sleep(100 * time.Millisecond)
 }
+
+func (p *profiler) wait() { <-p.cpuDone }
