@@ -32,6 +32,9 @@ type hub struct {
 	group   string // the notification group of its handlers
 	engine  *longpoll.Engine
 	limiter longpoll.Limiter
+	// deadlines ends the waits of held requests, one timer per tenth of a
+	// second rather than one per request
+	deadlines longpoll.Deadlines
 	// gen counts the handlers that joined the hub; a watch moves to the
 	// poll path (next handler) of the newest one.
 	gen         atomic.Uint64

@@ -33,6 +33,15 @@ const (
 )
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
+//
+// A held request's goroutine carries Caddy's whole handler chain, close to
+// the 8 KiB at which the runtime moves a goroutine's stack to a new one
+// twice the size: held with a 16 KiB stack, a request costs 8 KiB more, and
+// the copies made when thousands are released at once are a good part of
+// the release's CPU. So ServeHTTP keeps a small frame and calls join, wait
+// and finish one after the other, each gone before the next starts, rather
+// than one inside the other; the load tool's heap profile (runtime
+// statistics, Stack) shows whether held stacks stay at 8 KiB.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return next.ServeHTTP(w, r)
@@ -42,40 +51,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if r.Header.Get("Range") != "" {
-		// a part of a representation cannot be held for everyone
+	if !h.fitWait(w, r, &lp) {
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		return next.ServeHTTP(w, r)
 	}
-	wait := min(lp.wait, time.Duration(h.MaxWait))
-	if wait = fitWriteTimeout(w, r, wait); wait <= 0 {
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		return next.ServeHTTP(w, r)
-	}
-	lp.wait = wait
-	repl.Set("http.longpoll.wait", int(wait/time.Second))
-
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	ticket, err := h.hub.limiter.Acquire(clientIP, h.MaxWaiters, h.MaxWaitersPerClient)
 	if err != nil {
 		return h.reject(w, repl, err)
 	}
-	defer ticket.Release()
-
-	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), h.requestTopic(r, repl), h.gen, func() longpoll.Fetcher {
-		// Called when a watch is made, or when this request is the first
-		// for the watch's key through a newer config: from then on the
-		// watch polls through this handler's route.
-		srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-		return newFetcher(r, &route{next: next, server: srv}, h.MaxBody)
-	})
-	if err != nil {
+	sub := h.join(r, next, repl)
+	if sub == nil {
 		// the engine closed under an old config's handler: serve directly
+		ticket.Release()
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		return next.ServeHTTP(w, r)
 	}
-	defer sub.Close()
-	return h.serveWatched(w, r, next, repl, sub, lp)
+	end := h.wait(r, sub, &lp)
+	sub.Close()
+	ticket.Release()
+
+	repl.Set("http.longpoll.wait", int(lp.wait/time.Second))
+	if end.held {
+		repl.Set("http.longpoll.held", end.heldFor)
+	}
+	if end.st == nil {
+		repl.Set("http.longpoll.outcome", outcomeCanceled)
+		return nil
+	}
+	return h.finish(w, r, next, repl, end.st, &lp, end.held)
 }
 
 // longPoll is what a long-poll request asks for.
@@ -84,18 +88,49 @@ type longPoll struct {
 	inm  []string // If-None-Match values
 }
 
-// serveWatched answers a long-poll request from its watch: at once, when
-// the representation changes, or when the wait ends.
-func (h *Handler) serveWatched(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
-	repl *caddy.Replacer, sub *longpoll.Subscription, lp longPoll,
-) error {
+// fitWait reports whether the module may hold the request, and shortens
+// its wait to max_wait and to what the server's write timeout allows.
+func (h *Handler) fitWait(w http.ResponseWriter, r *http.Request, lp *longPoll) bool {
+	if r.Header.Get("Range") != "" {
+		return false // a part of a representation cannot be held for everyone
+	}
+	lp.wait = fitWriteTimeout(w, r, min(lp.wait, time.Duration(h.MaxWait)))
+	return lp.wait > 0
+}
+
+// join subscribes the request to the watch of its key, or returns nil if
+// the engine has closed.
+func (h *Handler) join(r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) *longpoll.Subscription {
+	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), h.requestTopic(r, repl), h.gen, func() longpoll.Fetcher {
+		// Called when a watch is made, or when this request is the first
+		// for the watch's key through a newer config: from then on the
+		// watch polls through this handler's route.
+		srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+		return newFetcher(r, &route{next: next, server: srv}, h.MaxBody)
+	})
+	if err != nil {
+		return nil
+	}
+	return sub
+}
+
+// holdEnd is how a long-poll request's wait ended.
+type holdEnd struct {
+	st      *longpoll.State // the state to answer from; nil: the client left
+	held    bool            // the request waited for a change (also when its wait ended)
+	heldFor time.Duration
+}
+
+// wait waits until the request's watch has a state to answer it from: at
+// once, when the representation changes, or when the wait ends.
+func (h *Handler) wait(r *http.Request, sub *longpoll.Subscription, lp *longPoll) holdEnd {
 	start := time.Now()
 	// Shorten each wait by up to a tenth, so that clients released together
-	// by one change do not all come back at the same instant next time.
-	timer := time.NewTimer(lp.wait - rand.N(lp.wait/10+1))
-	defer timer.Stop()
+	// by one change do not all come back at the same instant next time. The
+	// hub's deadlines end it, up to a tenth of a second earlier still,
+	// without a timer of its own.
+	expired := h.hub.deadlines.After(lp.wait - rand.N(lp.wait/10+1))
 	done := r.Context().Done()
-
 	st := sub.State()
 	held := false
 	for {
@@ -110,23 +145,21 @@ func (h *Handler) serveWatched(w http.ResponseWriter, r *http.Request, next cadd
 			// wait for the poll this request started on an idle watch.
 			wake = sub.Stale()
 		default:
-			return h.finish(w, r, next, repl, st, lp, start, held)
+			return holdEnd{st: st, held: held, heldFor: time.Since(start)}
 		}
 		select {
 		case <-wake:
 			st = sub.State()
-		case <-timer.C:
-			return h.finish(w, r, next, repl, sub.State(), lp, start, true)
+		case <-expired:
+			return holdEnd{st: sub.State(), held: true, heldFor: time.Since(start)}
 		case <-done:
-			repl.Set("http.longpoll.outcome", outcomeCanceled)
-			repl.Set("http.longpoll.held", time.Since(start))
-			return nil
+			return holdEnd{held: true, heldFor: time.Since(start)}
 		}
 	}
 }
 
 // mustHold reports whether the request waits for a change in state st.
-func (h *Handler) mustHold(st *longpoll.State, lp longPoll, r *http.Request) bool {
+func (h *Handler) mustHold(st *longpoll.State, lp *longPoll, r *http.Request) bool {
 	switch {
 	case st.Closed, st.Detached, st.Passthrough:
 		return false
@@ -142,35 +175,22 @@ func (h *Handler) mustHold(st *longpoll.State, lp longPoll, r *http.Request) boo
 }
 
 // finish answers the request from state st; held is set when the request
-// was held at all (so also when its wait ended).
+// was held at all (so also when its wait ended). Answers other than the
+// representation or 304 are left to finishOther, to keep this frame small.
 func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
-	repl *caddy.Replacer, st *longpoll.State, lp longPoll, start time.Time, held bool,
+	repl *caddy.Replacer, st *longpoll.State, lp *longPoll, held bool,
 ) error {
-	if held {
-		repl.Set("http.longpoll.held", time.Since(start))
+	if st.Passthrough || st.Failure != nil || st.Snapshot == nil || !st.Snapshot.VaryMatches(r.Header) {
+		return h.finishOther(w, r, next, repl, st)
 	}
 	outcome := outcomeImmediate
-	ended := st.Closed || st.Detached // the engine or the watch's route went away
 	switch {
-	case ended:
+	case st.Closed || st.Detached: // the engine or the watch's route went away
 		outcome = outcomeShutdown
 	case held:
 		outcome = outcomeChanged
 	}
-	switch {
-	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
-		ended && st.Snapshot == nil && st.Failure == nil:
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		return next.ServeHTTP(w, r)
-	case st.Failure != nil:
-		repl.Set("http.longpoll.outcome", outcomeError)
-		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(st.Failure.RetryAfter.Seconds()+0.5))))
-		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("polling upstream: %w", st.Failure.Err))
-	case st.Snapshot == nil:
-		repl.Set("http.longpoll.outcome", outcomeError)
-		w.Header().Set("Retry-After", "1")
-		return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
-	case longpoll.MatchETag(lp.inm, st.Snapshot.ETag):
+	if longpoll.MatchETag(lp.inm, st.Snapshot.ETag) {
 		if outcome != outcomeShutdown {
 			outcome = outcomeTimeout
 		}
@@ -181,6 +201,27 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	repl.Set("http.longpoll.outcome", outcome)
 	writeSnapshot(w, r, st.Snapshot, lp.wait, held)
 	return nil
+}
+
+// finishOther answers from a state that has no representation for the
+// request: the upstream's failure, or the next handler.
+func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	repl *caddy.Replacer, st *longpoll.State,
+) error {
+	ended := st.Closed || st.Detached
+	switch {
+	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
+		ended && st.Snapshot == nil && st.Failure == nil:
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		return next.ServeHTTP(w, r)
+	case st.Failure != nil:
+		repl.Set("http.longpoll.outcome", outcomeError)
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(st.Failure.RetryAfter.Seconds()+0.5))))
+		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("polling upstream: %w", st.Failure.Err))
+	}
+	repl.Set("http.longpoll.outcome", outcomeError)
+	w.Header().Set("Retry-After", "1")
+	return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
 }
 
 // reject answers a request over a cap.

@@ -54,6 +54,7 @@ type options struct {
 	sustain  time.Duration
 	shortFor time.Duration
 	rounds   int
+	repeat   int
 	phases   map[string]bool
 	pprof    string
 }
@@ -67,6 +68,7 @@ func main() {
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "time to let the server settle before reading its memory")
 	flag.DurationVar(&o.sustain, "sustain", 60*time.Second, "length of each long-polling run of the upstream phase")
 	flag.DurationVar(&o.shortFor, "shortpoll", 10*time.Second, "length of the short-polling run of the upstream phase")
+	flag.IntVar(&o.repeat, "repeat", 3, "fan-out runs per N and server (the table shows medians)")
 	flag.IntVar(&o.rounds, "rounds", 5, "rounds of 2s per route in the pass-through phase")
 	phases := flag.String("phases", "fanout,upstream,passthrough", "phases to run")
 	flag.StringVar(&o.pprof, "pprof", "", "folder to save Caddy's heap profile (held) and CPU profile (release) in, per N")
@@ -126,21 +128,25 @@ func run(o options) error {
 	}
 	fmt.Println(machine())
 	if o.phases["fanout"] {
-		var rows []fanoutPair
+		var all []fanoutRuns
 		for _, n := range o.ns {
-			floor, err := fanoutFloor(o, n)
-			if err != nil {
-				return fmt.Errorf("floor, %d held: %w", n, err)
+			runs := fanoutRuns{n: n}
+			for i := range o.repeat {
+				floor, err := fanoutFloor(o, n)
+				if err != nil {
+					return fmt.Errorf("floor, %d held: %w", n, err)
+				}
+				mod, err := fanoutModule(o, n, i)
+				if err != nil {
+					return fmt.Errorf("module, %d held: %w", n, err)
+				}
+				runs.floor, runs.module = append(runs.floor, floor), append(runs.module, mod)
+				fmt.Fprintf(os.Stderr, "%d held, run %d of %d: done\n", n, i+1, o.repeat)
 			}
-			mod, err := fanoutModule(o, n)
-			if err != nil {
-				return fmt.Errorf("module, %d held: %w", n, err)
-			}
-			rows = append(rows, fanoutPair{floor, mod})
-			printFanout(rows[len(rows)-1:])
+			all = append(all, runs)
 		}
-		fmt.Println("\n## Fan-out: all runs")
-		printFanout(rows)
+		fmt.Printf("\n## Fan-out: one key, medians of %d runs each, the servers alternating\n", o.repeat)
+		printFanout(all)
 	}
 	if o.phases["upstream"] {
 		if err := upstreamPhase(o); err != nil {
@@ -198,7 +204,11 @@ type fanout struct {
 	upstreamHits     int64 // during the release (module only)
 }
 
-type fanoutPair struct{ floor, module fanout }
+// fanoutRuns are the runs for one N.
+type fanoutRuns struct {
+	n             int
+	floor, module []fanout
+}
 
 // trigger announces the change; it is timed from just before it is sent.
 type trigger func() error
@@ -218,7 +228,7 @@ func fanoutFloor(o options, n int) (fanout, error) {
 	}, nil)
 }
 
-func fanoutModule(o options, n int) (fanout, error) {
+func fanoutModule(o options, n, run int) (fanout, error) {
 	up, err := startChild("upstream", o.body)
 	if err != nil {
 		return fanout{n: n}, err
@@ -235,7 +245,7 @@ func fanoutModule(o options, n int) (fanout, error) {
 	}
 	var prof *profiler
 	if o.pprof != "" {
-		prof = &profiler{dir: o.pprof, admin: fmt.Sprintf("127.0.0.1:%d", ports.admin), n: n}
+		prof = &profiler{dir: o.pprof, admin: fmt.Sprintf("127.0.0.1:%d", ports.admin), tag: fmt.Sprintf("%d-run%d", n, run+1)}
 	}
 	notify := fmt.Sprintf("http://127.0.0.1:%d/", ports.notify)
 	before, err := stats(up.addr)
@@ -338,46 +348,66 @@ func numCPU() int {
 	return strings.Count(string(b), "\nprocessor") + 1
 }
 
-func printFanout(rows []fanoutPair) {
+// figures are the fan-out figures, each read from one run; the table
+// shows each one's median over the runs.
+var figures = []struct {
+	name string
+	get  func(f fanout) float64
+	text func(v float64) string
+}{
+	{"memory per held request (RSS)", func(f fanout) float64 { return float64(f.rssHeld-f.rssIdle) / float64(f.n) / 1024 },
+		func(v float64) string { return fmt.Sprintf("%.1f KiB", v) }},
+	{"fan-out p50", func(f fanout) float64 { return msOf(pct(f.lat, .5)) }, msText},
+	{"fan-out p99", func(f fanout) float64 { return msOf(pct(f.lat, .99)) }, msText},
+	{"fan-out max", func(f fanout) float64 { return msOf(pct(f.lat, 1)) }, msText},
+	{"answers lost (not 200, or early)", func(f fanout) float64 { return float64(f.lost) + float64(f.early) },
+		func(v float64) string { return fmt.Sprintf("%.0f", v) }},
+	{"server CPU, hold", func(f fanout) float64 { return msOf(f.cpuHold) }, msText},
+	{"server CPU, release", func(f fanout) float64 { return msOf(f.cpuRel) }, msText},
+	{"client CPU, hold", func(f fanout) float64 { return msOf(f.clientHold) }, msText},
+	{"client CPU, release", func(f fanout) float64 { return msOf(f.clientRel) }, msText},
+}
+
+func printFanout(all []fanoutRuns) {
 	fmt.Println()
 	fmt.Println("| Figure | Held | Floor (net/http) | Caddy + longpoll | Ratio |")
 	fmt.Println("|---|---:|---:|---:|---:|")
-	for _, r := range rows {
-		fl, m := r.floor, r.module
-		n := fmt.Sprintf("%d", fl.n)
-		row := func(name, a, b string, ratio float64) {
-			fmt.Printf("| %s | %s | %s | %s | %s |\n", name, n, a, b, ratioText(ratio))
+	for _, runs := range all {
+		for _, fig := range figures {
+			a, b := median(runs.floor, fig.get), median(runs.module, fig.get)
+			ratio := ""
+			if a > 0 && !strings.HasPrefix(fig.name, "answers") && !strings.HasPrefix(fig.name, "client") {
+				ratio = fmt.Sprintf("%.2f×", b/a)
+			}
+			fmt.Printf("| %s | %d | %s | %s | %s |\n", fig.name, runs.n, fig.text(a), fig.text(b), ratio)
 		}
-		perHeld := func(f fanout) float64 { return float64(f.rssHeld-f.rssIdle) / float64(f.n) / 1024 }
-		row("memory per held request (RSS)", fmt.Sprintf("%.1f KiB", perHeld(fl)), fmt.Sprintf("%.1f KiB", perHeld(m)), perHeld(m)/perHeld(fl))
-		for _, q := range []struct {
-			name string
-			p    float64
-		}{{"fan-out p50", .5}, {"fan-out p99", .99}, {"fan-out max", 1}} {
-			a, b := pct(fl.lat, q.p), pct(m.lat, q.p)
-			row(q.name, ms(a), ms(b), float64(b)/float64(a))
-		}
-		row("released with 200 (lost)", fmt.Sprintf("%d (%d)", len(fl.lat), fl.lost+int(fl.early)),
-			fmt.Sprintf("%d (%d)", len(m.lat), m.lost+int(m.early)), float64(len(m.lat))/float64(len(fl.lat)))
-		row("server CPU, hold", ms(fl.cpuHold), ms(m.cpuHold), float64(m.cpuHold)/float64(fl.cpuHold))
-		row("server CPU, release", ms(fl.cpuRel), ms(m.cpuRel), float64(m.cpuRel)/float64(fl.cpuRel))
-		row("client CPU, hold / release", ms(fl.clientHold)+" / "+ms(fl.clientRel), ms(m.clientHold)+" / "+ms(m.clientRel), 0)
-		row("upstream requests, release", "–", fmt.Sprintf("%d", m.upstreamHits), 0)
+		hits := median(runs.module, func(f fanout) float64 { return float64(f.upstreamHits) })
+		fmt.Printf("| upstream requests, release | %d | – | %.0f | |\n", runs.n, hits)
 	}
 }
 
-func ratioText(r float64) string {
-	if r == 0 || r != r {
-		return ""
+func median(fs []fanout, get func(fanout) float64) float64 {
+	v := make([]float64, len(fs))
+	for i, f := range fs {
+		v[i] = get(f)
 	}
-	return fmt.Sprintf("%.2f×", r)
+	slices.Sort(v)
+	if len(v) == 0 {
+		return 0
+	}
+	if len(v)%2 == 0 {
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return v[len(v)/2]
 }
 
-func ms(d time.Duration) string {
-	if d < 10*time.Millisecond {
-		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func msText(v float64) string {
+	if v < 10 {
+		return fmt.Sprintf("%.1f ms", v)
 	}
-	return fmt.Sprintf("%d ms", d.Round(time.Millisecond)/time.Millisecond)
+	return fmt.Sprintf("%.0f ms", v)
 }
 
 // upstreamPhase counts the upstream requests of clients long-polling at
@@ -531,7 +561,7 @@ func usText(d time.Duration) string {
 // profiler saves Caddy's profiles from its admin endpoint.
 type profiler struct {
 	dir, admin string
-	n          int
+	tag        string // the file names' prefix
 	cpuDone    chan struct{}
 }
 
@@ -542,7 +572,7 @@ func (p *profiler) save(path, name string) {
 		return
 	}
 	defer resp.Body.Close()
-	f, err := os.Create(filepath.Join(p.dir, fmt.Sprintf("%s-%d.pb.gz", name, p.n)))
+	f, err := os.Create(filepath.Join(p.dir, p.tag+"-"+name))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pprof:", err)
 		return
@@ -552,14 +582,19 @@ func (p *profiler) save(path, name string) {
 }
 
 // heap saves the heap profile, with the requests held.
-func (p *profiler) heap() { p.save("/debug/pprof/heap", "heap") }
+// The text form ends with the runtime's memory statistics (StackInuse,
+// HeapInuse).
+func (p *profiler) heap() {
+	p.save("/debug/pprof/heap", "heap.pb.gz")
+	p.save("/debug/pprof/heap?debug=1", "heap.txt")
+}
 
 // startCPU starts a 3s CPU profile, to cover the release.
 func (p *profiler) startCPU() {
 	p.cpuDone = make(chan struct{})
 	go func() {
 		defer close(p.cpuDone)
-		p.save("/debug/pprof/profile?seconds=3", "cpu")
+		p.save("/debug/pprof/profile?seconds=3", "cpu.pb.gz")
 	}()
 	time.Sleep(100 * time.Millisecond)
 }
