@@ -16,8 +16,8 @@ import (
 )
 
 // BenchmarkHold10000 holds 10,000 subscribers on one key the way the Caddy
-// handler does (a goroutine blocked on the state's Changed channel and a
-// wait timer), reports the memory each costs (heap and stack, measured with
+// handler does (a goroutine blocked on the state's Changed channel and on
+// a shared Deadlines channel for its wait), reports the memory each costs (heap and stack, measured with
 // the garbage collector settled), then publishes one change and reports how
 // long it takes until every subscriber has seen the new snapshot.
 //
@@ -56,6 +56,7 @@ func holdAndRelease(b *testing.B, n int) (bytesPerWaiter float64, release time.D
 		b.Fatal(err)
 	}
 	etag := first.State().Snapshot.ETag
+	var deadlines longpoll.Deadlines
 
 	before := settledMemory()
 	var held, woken sync.WaitGroup
@@ -71,15 +72,14 @@ func holdAndRelease(b *testing.B, n int) (bytesPerWaiter float64, release time.D
 				return
 			}
 			defer sub.Close()
-			timer := time.NewTimer(time.Minute)
-			defer timer.Stop()
+			expired := deadlines.After(time.Minute)
 			st := sub.State()
 			held.Done()
 			for st.Snapshot.ETag == etag {
 				select {
 				case <-st.Changed():
 					st = sub.State()
-				case <-timer.C:
+				case <-expired:
 					return
 				}
 			}
