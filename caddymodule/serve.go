@@ -60,14 +60,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.reject(w, repl, err)
 	}
-	sub := h.join(r, next, repl)
+	// The ticket and the subscription are given back before the answer is
+	// written, or by this defer if join or wait panics.
+	var sub *longpoll.Subscription
+	left := false
+	defer func() {
+		if !left {
+			if sub != nil {
+				sub.Close()
+			}
+			ticket.Release()
+		}
+	}()
+	sub = h.join(r, next, repl)
 	if sub == nil {
 		// the engine closed under an old config's handler: serve directly
+		left = true
 		ticket.Release()
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		return next.ServeHTTP(w, r)
 	}
 	end := h.wait(r, sub, &lp)
+	left = true
 	sub.Close()
 	ticket.Release()
 

@@ -150,11 +150,12 @@ func (c *heldClients) close() {
 }
 
 // latencies returns, sorted, the times from t0 to each answer with status
-// 200, and how many had another status or none.
+// 200, and how many were lost: another status, no answer, or an answer
+// before t0 (a hold that did not last until the change).
 func (c *heldClients) latencies(t0 time.Time) (lat []time.Duration, lost int) {
 	lat = make([]time.Duration, 0, len(c.done))
 	for i, t := range c.done {
-		if c.status[i] != http.StatusOK {
+		if c.status[i] != http.StatusOK || t.Before(t0) {
 			lost++
 			continue
 		}

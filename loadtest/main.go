@@ -132,13 +132,20 @@ func run(o options) error {
 		for _, n := range o.ns {
 			runs := fanoutRuns{n: n}
 			for i := range o.repeat {
-				floor, err := fanoutFloor(o, n)
-				if err != nil {
-					return fmt.Errorf("floor, %d held: %w", n, err)
+				var floor, mod fanout
+				var ferr, merr error
+				if i%2 == 0 {
+					floor, ferr = fanoutFloor(o, n)
+					mod, merr = fanoutModule(o, n, i)
+				} else {
+					mod, merr = fanoutModule(o, n, i)
+					floor, ferr = fanoutFloor(o, n)
 				}
-				mod, err := fanoutModule(o, n, i)
-				if err != nil {
-					return fmt.Errorf("module, %d held: %w", n, err)
+				if ferr != nil {
+					return fmt.Errorf("floor, %d held: %w", n, ferr)
+				}
+				if merr != nil {
+					return fmt.Errorf("module, %d held: %w", n, merr)
 				}
 				runs.floor, runs.module = append(runs.floor, floor), append(runs.module, mod)
 				fmt.Fprintf(os.Stderr, "%d held, run %d of %d: done\n", n, i+1, o.repeat)
@@ -170,7 +177,7 @@ func checkFileLimit(ns []int) error {
 	}
 	for _, n := range ns {
 		if uint64(n)+500 > lim.Cur {
-			return fmt.Errorf("-n %d needs %d files, and this process may open %d (ulimit -n)", n, n+500, lim.Cur)
+			return fmt.Errorf("-n %d needs %d files, and this process may open %d", n, n+500, lim.Cur)
 		}
 	}
 	return nil
@@ -199,7 +206,6 @@ type fanout struct {
 	clientRel        time.Duration // the client's own CPU during the release
 	lat              []time.Duration
 	lost             int
-	early            int64 // answered before the change: none should be
 	releaseWall      time.Duration
 	upstreamHits     int64 // during the release (module only)
 }
@@ -248,11 +254,13 @@ func fanoutModule(o options, n, run int) (fanout, error) {
 		prof = &profiler{dir: o.pprof, admin: fmt.Sprintf("127.0.0.1:%d", ports.admin), tag: fmt.Sprintf("%d-run%d", n, run+1)}
 	}
 	notify := fmt.Sprintf("http://127.0.0.1:%d/", ports.notify)
-	before, err := stats(up.addr)
-	if err != nil {
-		return fanout{n: n}, err
+	var before upstreamStats
+	change := func() error {
+		if before, err = stats(up.addr); err != nil {
+			return err
+		}
+		return post("http://"+up.addr+"/_change", "", "", http.StatusNoContent)
 	}
-	change := func() error { return post("http://"+up.addr+"/_change", "", "", http.StatusNoContent) }
 	f, err := measureFanout(o, c, n, etag, change, func() error {
 		return post(notify, `{"topics": ["/resource"]}`, notifySecret, http.StatusAccepted)
 	}, prof)
@@ -286,16 +294,15 @@ func measureFanout(o options, p *proc, n int, etag string, change, t trigger, pr
 	if f.rssHeld, err = rss(p.pid()); err != nil {
 		return f, err
 	}
+	if prof != nil {
+		prof.heap()
+		prof.startCPU()
+	}
 	cpu1, err := cpuTime(p.pid())
 	if err != nil {
 		return f, err
 	}
 	f.cpuHold = cpu1 - cpu0
-	f.early = clients.answered.Load()
-	if prof != nil {
-		prof.heap()
-		prof.startCPU()
-	}
 	if change != nil {
 		if err := change(); err != nil {
 			return f, err
@@ -360,7 +367,7 @@ var figures = []struct {
 	{"fan-out p50", func(f fanout) float64 { return msOf(pct(f.lat, .5)) }, msText},
 	{"fan-out p99", func(f fanout) float64 { return msOf(pct(f.lat, .99)) }, msText},
 	{"fan-out max", func(f fanout) float64 { return msOf(pct(f.lat, 1)) }, msText},
-	{"answers lost (not 200, or early)", func(f fanout) float64 { return float64(f.lost) + float64(f.early) },
+	{"clients lost (not 200, or answered early)", func(f fanout) float64 { return float64(f.lost) },
 		func(v float64) string { return fmt.Sprintf("%.0f", v) }},
 	{"server CPU, hold", func(f fanout) float64 { return msOf(f.cpuHold) }, msText},
 	{"server CPU, release", func(f fanout) float64 { return msOf(f.cpuRel) }, msText},
@@ -376,11 +383,17 @@ func printFanout(all []fanoutRuns) {
 		for _, fig := range figures {
 			a, b := median(runs.floor, fig.get), median(runs.module, fig.get)
 			ratio := ""
-			if a > 0 && !strings.HasPrefix(fig.name, "answers") && !strings.HasPrefix(fig.name, "client") {
+			if a > 0 && !strings.HasPrefix(fig.name, "client") {
 				ratio = fmt.Sprintf("%.2f×", b/a)
 			}
 			fmt.Printf("| %s | %d | %s | %s | %s |\n", fig.name, runs.n, fig.text(a), fig.text(b), ratio)
 		}
+		idleHeld := func(fs []fanout) string {
+			return fmt.Sprintf("%.0f → %.0f MiB",
+				median(fs, func(f fanout) float64 { return float64(f.rssIdle) / (1 << 20) }),
+				median(fs, func(f fanout) float64 { return float64(f.rssHeld) / (1 << 20) }))
+		}
+		fmt.Printf("| RSS idle → held | %d | %s | %s | |\n", runs.n, idleHeld(runs.floor), idleHeld(runs.module))
 		hits := median(runs.module, func(f fanout) float64 { return float64(f.upstreamHits) })
 		fmt.Printf("| upstream requests, release | %d | – | %.0f | |\n", runs.n, hits)
 	}

@@ -224,6 +224,8 @@ func caddyConfig(p caddyPorts, upstream string, interval time.Duration) string {
 	return fmt.Sprintf(`{
 	%s
 	auto_https off
+	default_bind 127.0.0.1
+	persist_config off
 	log {
 		level ERROR
 	}
@@ -272,17 +274,18 @@ func startCaddy(bin, upstream string, interval time.Duration, pprof bool) (*proc
 		return nil, ports, err
 	}
 	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(caddyConfig(ports, upstream, interval)), 0o600); err != nil {
-		return nil, ports, err
-	}
 	logf, err := os.Create(filepath.Join(dir, "caddy.log"))
-	if err != nil {
-		return nil, ports, err
+	if err == nil {
+		defer logf.Close()
+		err = os.WriteFile(path, []byte(caddyConfig(ports, upstream, interval)), 0o600)
 	}
-	defer logf.Close()
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	if err == nil {
+		cmd.Stdout, cmd.Stderr = logf, logf
+		err = cmd.Start()
+	}
+	if err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, ports, err
 	}
 	p := &proc{name: "caddy", cmd: cmd, addr: fmt.Sprintf("127.0.0.1:%d", ports.longpoll), dir: dir}

@@ -18,10 +18,13 @@ import (
 //
 // The zero value is ready to use, with a granularity of 100ms.
 type Deadlines struct {
+	// Granularity is the length of a slot; it must not change once After
+	// has been called.
 	Granularity time.Duration
 
 	mu    sync.Mutex
-	slots map[int64]chan struct{} // by slot number: unix time / Granularity
+	base  time.Time               // slot 0 starts here; a monotonic reading
+	slots map[int64]chan struct{} // by slot number, from base
 }
 
 // DefaultGranularity is the granularity of a Deadlines that sets none.
@@ -30,25 +33,29 @@ const DefaultGranularity = 100 * time.Millisecond
 // After returns a channel that is closed when d has passed, up to one
 // granularity early. A d of zero or less gives a channel already closed.
 func (dl *Deadlines) After(d time.Duration) <-chan struct{} {
+	if d <= 0 {
+		return closedChan
+	}
 	g := dl.Granularity
 	if g <= 0 {
 		g = DefaultGranularity
 	}
-	now := time.Now()
-	if d <= 0 {
-		return closedChan
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if dl.base.IsZero() {
+		dl.base = time.Now()
 	}
-	// the slot whose start is the latest at or before now+d
-	slot := now.Add(d).UnixNano() / int64(g)
-	if slot*int64(g) <= now.UnixNano() {
+	// Slots count on the monotonic clock from base, so that a change of
+	// the wall clock moves no deadline.
+	now := time.Since(dl.base)
+	slot := int64((now + d) / g) // the latest slot starting at or before now+d
+	if time.Duration(slot)*g <= now {
 		// a wait shorter than what is left of the current slot: rare
 		// enough for a timer of its own
 		ch := make(chan struct{})
 		time.AfterFunc(d, func() { close(ch) })
 		return ch
 	}
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
 	if ch, ok := dl.slots[slot]; ok {
 		return ch
 	}
@@ -57,9 +64,11 @@ func (dl *Deadlines) After(d time.Duration) <-chan struct{} {
 	}
 	ch := make(chan struct{})
 	dl.slots[slot] = ch
-	time.AfterFunc(time.Unix(0, slot*int64(g)).Sub(now), func() {
+	time.AfterFunc(time.Duration(slot)*g-now, func() {
 		dl.mu.Lock()
-		delete(dl.slots, slot)
+		if dl.slots[slot] == ch {
+			delete(dl.slots, slot)
+		}
 		dl.mu.Unlock()
 		close(ch)
 	})
