@@ -206,7 +206,6 @@ type fanout struct {
 	clientRel        time.Duration // the client's own CPU during the release
 	lat              []time.Duration
 	lost             int
-	releaseWall      time.Duration
 	upstreamHits     int64 // during the release (module only)
 }
 
@@ -235,16 +234,12 @@ func fanoutFloor(o options, n int) (fanout, error) {
 }
 
 func fanoutModule(o options, n, run int) (fanout, error) {
-	up, err := startChild("upstream", o.body)
+	st, err := startStack(o, 30*time.Second, o.pprof != "")
 	if err != nil {
 		return fanout{n: n}, err
 	}
-	defer up.stop()
-	c, ports, err := startCaddy(o.caddy, up.addr, 30*time.Second, o.pprof != "")
-	if err != nil {
-		return fanout{n: n}, err
-	}
-	defer c.stop()
+	defer st.stop()
+	up, c, ports := st.up, st.caddy, st.ports
 	etag, err := currentETag(c.addr)
 	if err != nil {
 		return fanout{n: n}, err
@@ -318,9 +313,6 @@ func measureFanout(o options, p *proc, n int, etag string, change, t trigger, pr
 	}
 	f.clientRel = clientCPU() - cc1
 	f.lat, f.lost = clients.latencies(t0)
-	if len(f.lat) > 0 {
-		f.releaseWall = f.lat[len(f.lat)-1]
-	}
 	time.Sleep(200 * time.Millisecond) // the last writes' own tail
 	cpu2, err := cpuTime(p.pid())
 	if err != nil {
@@ -423,20 +415,40 @@ func msText(v float64) string {
 	return fmt.Sprintf("%.0f ms", v)
 }
 
+// stack is the Caddy under test in front of the upstream fixture.
+type stack struct {
+	up, caddy *proc
+	ports     caddyPorts
+}
+
+func startStack(o options, interval time.Duration, pprof bool) (*stack, error) {
+	up, err := startChild("upstream", o.body)
+	if err != nil {
+		return nil, err
+	}
+	c, ports, err := startCaddy(o.caddy, up.addr, interval, pprof)
+	if err != nil {
+		up.stop()
+		return nil, err
+	}
+	return &stack{up: up, caddy: c, ports: ports}, nil
+}
+
+func (s *stack) stop() {
+	s.caddy.stop()
+	s.up.stop()
+}
+
 // upstreamPhase counts the upstream requests of clients long-polling at
 // interval 1s, and of the same clients short-polling through plain
 // reverse_proxy.
 func upstreamPhase(o options) error {
-	up, err := startChild("upstream", o.body)
+	st, err := startStack(o, time.Second, false)
 	if err != nil {
 		return err
 	}
-	defer up.stop()
-	c, ports, err := startCaddy(o.caddy, up.addr, time.Second, false)
-	if err != nil {
-		return err
-	}
-	defer c.stop()
+	defer st.stop()
+	up, c, ports := st.up, st.caddy, st.ports
 	const clients = 1000
 	fmt.Printf("\n## Upstream requests (%d clients, interval 1s, the upstream changing every 5s)\n\n", clients)
 	fmt.Println("| Clients poll | Keys | Run | Upstream requests | Bound (keys × (run/interval + 2)) | Answers | Errors |")
@@ -498,16 +510,12 @@ func changeEvery(ctx context.Context, upstream string, d time.Duration) {
 // passthroughPhase compares ordinary requests through the longpoll route
 // and through the same route without it, in alternating rounds.
 func passthroughPhase(o options) error {
-	up, err := startChild("upstream", o.body)
+	st, err := startStack(o, time.Second, false)
 	if err != nil {
 		return err
 	}
-	defer up.stop()
-	c, ports, err := startCaddy(o.caddy, up.addr, time.Second, false)
-	if err != nil {
-		return err
-	}
-	defer c.stop()
+	defer st.stop()
+	c, ports := st.caddy, st.ports
 	const conc = 32
 	const round = 2 * time.Second
 	type total struct {
