@@ -9,6 +9,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 )
@@ -35,10 +36,12 @@ func (f FetcherFunc) Fetch(ctx context.Context, prev *Snapshot) (*Snapshot, erro
 
 // Engine keeps the watches, one per key. Create it with New.
 type Engine struct {
-	cfg    Config
-	logger *zap.Logger
-	ctx    context.Context // ends at Close; parent of every poll
-	cancel context.CancelFunc
+	cfg      Config
+	logger   *zap.Logger
+	observer Observer
+	active   atomic.Int64    // watches with subscribers
+	ctx      context.Context // ends at Close; parent of every poll
+	cancel   context.CancelFunc
 
 	mu      sync.Mutex
 	watches map[Key]*watch
@@ -50,8 +53,9 @@ type Engine struct {
 type Option func(*Engine)
 
 // WithLogger makes the engine log through l (default: no logging). The
-// engine logs lifecycle at info and upstream failure transitions at warn,
-// once per transition per watch, never per poll or per subscriber.
+// engine logs lifecycle at info, and an upstream that starts failing (error)
+// or recovers (warn) once per transition per watch, never per poll or per
+// subscriber; watches are named by Key.Short, never by their key.
 func WithLogger(l *zap.Logger) Option {
 	return func(e *Engine) { e.logger = l }
 }

@@ -4,6 +4,8 @@
 package longpoll
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 )
@@ -31,6 +33,20 @@ func KeyOf(parts ...string) Key {
 	return k
 }
 
-// Short returns the first 8 hex digits of the key, for logs: enough to tell
-// watches apart, nothing to recover the key from.
-func (k Key) Short() string { return hex.EncodeToString(k[:4]) }
+// Short returns a short name for the key, for logs and an operator's view:
+// 8 hex digits of a hash of the key keyed with a secret drawn when the
+// process starts. It is the same for one key throughout a process, enough
+// to tell watches apart, and gives nothing to test guesses of a key's parts
+// (a weak password in an Authorization header, say) against.
+func (k Key) Short() string {
+	m := hmac.New(sha256.New, shortSecret[:])
+	m.Write(k[:])
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(m.Sum(sum[:0])[:4])
+}
+
+// shortSecret keys Key.Short.
+var shortSecret = func() (s [32]byte) {
+	rand.Read(s[:]) // never fails (crypto/rand, Go 1.24 and later)
+	return s
+}()

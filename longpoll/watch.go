@@ -36,6 +36,10 @@ type State struct {
 	// does not poll until a subscriber brings a newer one, and held
 	// subscribers should be answered now from what the state holds.
 	Detached bool
+	// Since is when the watch's representation took its current value:
+	// the end of the poll that found it (or that found the response could
+	// not be shared). Zero before the first result.
+	Since time.Time
 
 	changed chan struct{}
 }
@@ -67,22 +71,24 @@ type watch struct {
 	state atomic.Pointer[State]
 	timer *time.Timer // next poll while subscribed; idle expiry otherwise
 
-	mu        sync.Mutex
-	subs      int
-	fetcher   Fetcher
-	gen       uint64
-	inflight  bool
-	again     bool          // poll again as soon as the one in flight ends
-	dirty     bool          // notified while detached: poll first thing when back in service
-	pollDone  chan struct{} // closed when the poll in flight ends
-	freshPoll chan struct{} // pollDone of a poll started because the data was stale
-	polledAt  time.Time     // start of the last completed poll
-	triggered time.Time     // start of the last poll caused by a notification
-	notBefore time.Time     // backoff: no poll before this
-	failures  int
-	idleSince time.Time // when the last subscriber left
-	passUntil time.Time // a pass-through watch is probed again after this
-	gone      bool
+	mu         sync.Mutex
+	subs       int
+	fetcher    Fetcher
+	gen        uint64
+	inflight   bool
+	again      bool          // poll again as soon as the one in flight ends
+	dirty      bool          // notified while detached: poll first thing when back in service
+	pollDone   chan struct{} // closed when the poll in flight ends
+	freshPoll  chan struct{} // pollDone of a poll started because the data was stale
+	polledAt   time.Time     // start of the last completed poll; zero: stale, poll first
+	lastPoll   time.Time     // end of the last completed poll, for WatchInfo
+	lastResult PollResult
+	triggered  time.Time // start of the last poll caused by a notification
+	notBefore  time.Time // backoff: no poll before this
+	failures   int
+	idleSince  time.Time // when the last subscriber left
+	passUntil  time.Time // a pass-through watch is probed again after this
+	gone       bool
 }
 
 func newWatch(e *Engine, key Key, topic string) *watch {
@@ -162,6 +168,9 @@ func (w *watch) subscribe(gen uint64, newFetcher func() Fetcher) *Subscription {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.subs++
+	if w.subs == 1 {
+		w.e.active.Add(1)
+	}
 	sub := &Subscription{w: w}
 	if (w.fetcher == nil && !w.state.Load().Detached) || gen > w.gen {
 		w.fetcher, w.gen = newFetcher(), gen
@@ -242,6 +251,9 @@ func (w *watch) unsubscribe() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.subs--
+	if w.subs == 0 {
+		w.e.active.Add(-1)
+	}
 	if w.subs == 0 && !w.gone {
 		w.idleSince = time.Now()
 		if !w.inflight && !w.again {
@@ -354,19 +366,23 @@ func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struc
 	w.inflight, w.freshPoll = false, nil
 	w.polledAt = start
 	if w.gone {
-		return
+		return // the engine closed: the poll's end is no news
 	}
+	end := time.Now()
+	var result PollResult
 	switch {
 	case errors.Is(err, ErrUncacheable):
-		w.failures, w.notBefore, w.again = 0, time.Time{}, false
-		w.passUntil = time.Now().Add(w.e.cfg.IdleTTL)
-		w.publish(&State{Passthrough: true}, true)
-		w.e.logger.Debug("upstream response cannot be shared, passing requests through",
-			zap.String("watch", w.key.Short()), zap.Error(err))
+		result = PollUncacheable
+		w.uncacheable(err, end)
 	case err != nil:
+		result = PollFailed
 		w.failed(err)
 	default:
-		w.succeeded(snap)
+		result = w.succeeded(snap, prev, end)
+	}
+	w.lastPoll, w.lastResult = end, result
+	if o := w.e.observer; o != nil {
+		o.Polled(result, end.Sub(start))
 	}
 	if w.subs > 0 || w.again {
 		if !w.state.Load().Passthrough {
@@ -388,6 +404,20 @@ func (w *watch) fetch(ctx context.Context, f Fetcher, prev *Snapshot) (snap *Sna
 		}
 	}()
 	return f.Fetch(ctx, prev)
+}
+
+// uncacheable records a response that cannot be shared: the watch stops
+// polling and its subscribers pass their requests through. It must be called
+// with w.mu held.
+func (w *watch) uncacheable(err error, now time.Time) {
+	if w.failures > 0 {
+		w.logRecovered()
+	}
+	w.failures, w.notBefore, w.again = 0, time.Time{}, false
+	w.passUntil = now.Add(w.e.cfg.IdleTTL)
+	w.publish(&State{Passthrough: true, Since: now}, true)
+	w.e.logger.Debug("upstream response cannot be shared, passing requests through",
+		zap.String("watch", w.key.Short()), zap.Error(err))
 }
 
 // failed records a failed poll and backs off. It must be called with w.mu
@@ -412,21 +442,36 @@ func (w *watch) failed(err error) {
 	next.Failure = &Failure{Err: err, RetryAfter: d, Count: w.failures}
 	w.publish(&next, cur.Pending())
 	if w.failures == 1 {
-		w.e.logger.Warn("upstream poll failing", zap.String("watch", w.key.Short()),
-			zap.Error(err), zap.Duration("retry_in", d))
+		// once per transition: the first failure of a run, never per poll
+		w.e.logger.Error("upstream poll failing", zap.String("watch", w.key.Short()),
+			zap.String("topic", w.topic), zap.Error(err), zap.Duration("retry_in", d))
 	}
 }
 
-// succeeded records a successful poll. It must be called with w.mu held.
-func (w *watch) succeeded(snap *Snapshot) {
+// logRecovered logs the end of a run of failed polls, once per run.
+func (w *watch) logRecovered() {
+	w.e.logger.Warn("upstream poll recovered", zap.String("watch", w.key.Short()),
+		zap.String("topic", w.topic), zap.Int("failed_polls", w.failures))
+}
+
+// succeeded records a successful poll that returned snap, prev being the
+// snapshot the poll started from, and returns what the poll found. It must
+// be called with w.mu held.
+func (w *watch) succeeded(snap, prev *Snapshot, now time.Time) PollResult {
 	if w.failures > 0 {
-		w.e.logger.Info("upstream poll recovered", zap.String("watch", w.key.Short()),
-			zap.Int("failed_polls", w.failures))
+		w.logRecovered()
 	}
 	w.failures, w.notBefore = 0, time.Time{}
 	cur := w.state.Load()
-	changed := cur.Snapshot == nil || cur.Snapshot.ETag != snap.ETag
-	w.publish(&State{Snapshot: snap}, changed)
+	if cur.Snapshot == nil || cur.Snapshot.ETag != snap.ETag {
+		w.publish(&State{Snapshot: snap, Since: now}, true)
+		return PollChanged
+	}
+	w.publish(&State{Snapshot: snap, Since: cur.Since}, false)
+	if snap == prev {
+		return PollNotModified // the Fetcher's answer to an upstream 304
+	}
+	return PollUnchanged
 }
 
 // publish makes next the current state. If wake is set, next gets a new
@@ -475,5 +520,5 @@ func (w *watch) close() {
 	w.gone = true
 	w.timer.Stop()
 	cur := w.state.Load()
-	w.publish(&State{Snapshot: cur.Snapshot, Failure: cur.Failure, Closed: true}, true)
+	w.publish(&State{Snapshot: cur.Snapshot, Failure: cur.Failure, Since: cur.Since, Closed: true}, true)
 }
