@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		query_params  <wait-name> <etag-name>
 //		topic         <template...>
 //		group         <name>
+//		disable_metrics
 //	}
 //
 // Every subdirective is optional and may appear once.
@@ -72,6 +73,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var err error
 			h.Group, err = oneArg(d)
 			return true, err
+		case "disable_metrics":
+			if d.NextArg() {
+				return true, d.ArgErr()
+			}
+			h.DisableMetrics = true
+			return true, nil
 		case "query_params":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

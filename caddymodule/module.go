@@ -125,6 +125,11 @@ type Handler struct {
 	// else sees it, and left out of the key. Off by default.
 	QueryParams *QueryParams `json:"query_params,omitempty"`
 
+	// Leaves this handler out of the `caddy_longpoll_*` metrics: its
+	// requests and polls are not counted, and its held requests and watches
+	// not reported. Default: false (metrics on).
+	DisableMetrics bool `json:"disable_metrics,omitempty"`
+
 	hub     *hub
 	poolKey string
 	gen     uint64
@@ -164,6 +169,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.hub, h.poolKey = hb, key
 	h.gen = hb.gen.Add(1)
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		name := srv.Name()
+		hb.server.Store(&name)
+	}
+	if !h.DisableMetrics {
+		if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
+			// metrics are no reason to refuse a config
+			h.logger.Warn("registering longpoll metrics", zap.Error(err))
+		}
+	}
 	return nil
 }
 

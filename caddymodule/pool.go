@@ -40,6 +40,8 @@ type hub struct {
 	gen         atomic.Uint64
 	lastCapWarn atomic.Int64 // unix nanoseconds
 	stop        chan struct{}
+	metrics     bool                   // reported in the metrics
+	server      atomic.Pointer[string] // the name of its handlers' server, for the admin view
 }
 
 // route is the path polls take through a config: the handler after a
@@ -60,13 +62,21 @@ const routeGrace = time.Second
 // shutdown waiting for them.
 const exitCheckInterval = 200 * time.Millisecond
 
-func newHub(cfg longpoll.Config, group string, logger *zap.Logger) (*hub, error) {
-	e, err := longpoll.New(cfg, longpoll.WithLogger(logger))
+func newHub(h *Handler, server string) (*hub, error) {
+	opts := []longpoll.Option{longpoll.WithLogger(h.logger)}
+	if !h.DisableMetrics {
+		opts = append(opts, longpoll.WithObserver(pollObserver{metrics}))
+	}
+	e, err := longpoll.New(h.engineConfig(), opts...)
 	if err != nil {
 		return nil, err
 	}
-	hb := &hub{group: group, engine: e, stop: make(chan struct{})}
+	hb := &hub{group: h.Group, engine: e, stop: make(chan struct{}), metrics: !h.DisableMetrics}
+	hb.server.Store(&server)
 	go hb.watchExit()
+	h.logger.Info("longpoll engine started", zap.String("server", server),
+		zap.Duration("interval", time.Duration(h.Interval)), zap.Duration("max_wait", time.Duration(h.MaxWait)),
+		zap.String("group", h.Group))
 	return hb, nil
 }
 
@@ -116,14 +126,16 @@ func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
 	// Servers provision their handlers with contexts of their own, so the
 	// ordinal below counts per server; the server's addresses keep handlers
 	// of different servers apart.
+	server := ""
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		conf = append(conf, strings.Join(srv.Listen, ",")...)
+		server = srv.Name()
 	}
 	sum := sha256.Sum256(conf)
 	id := hex.EncodeToString(sum[:16])
 	key := "longpoll:" + id + "#" + strconv.Itoa(ordinal(ctx.Context, id))
 	val, _, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newHub(h.engineConfig(), h.Group, h.logger)
+		return newHub(h, server)
 	})
 	if err != nil {
 		return nil, "", err

@@ -52,13 +52,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !h.fitWait(w, r, &lp) {
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.answered(repl, outcomePassthrough, nil, nil)
 		return next.ServeHTTP(w, r)
 	}
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	ticket, err := h.hub.limiter.Acquire(clientIP, h.MaxWaiters, h.MaxWaitersPerClient)
 	if err != nil {
-		return h.reject(w, repl, err)
+		h.answered(repl, outcomeRejected, nil, nil)
+		return h.reject(w, err)
 	}
 	// The ticket and the subscription are given back before the answer is
 	// written, or by this defer if join or wait panics.
@@ -77,7 +78,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// the engine closed under an old config's handler: serve directly
 		left = true
 		ticket.Release()
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.answered(repl, outcomePassthrough, nil, nil)
 		return next.ServeHTTP(w, r)
 	}
 	end := h.wait(r, sub, &lp)
@@ -90,10 +91,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set("http.longpoll.held", end.heldFor)
 	}
 	if end.st == nil {
-		repl.Set("http.longpoll.outcome", outcomeCanceled)
+		h.answered(repl, outcomeCanceled, &end, sub)
 		return nil
 	}
-	return h.finish(w, r, next, repl, end.st, &lp, end.held)
+	outcome, err := h.finish(w, r, next, repl, &end, &lp)
+	h.delivered(outcome, &end, sub)
+	return err
 }
 
 // longPoll is what a long-poll request asks for.
@@ -188,12 +191,13 @@ func (h *Handler) mustHold(st *longpoll.State, lp *longPoll, r *http.Request) bo
 	return longpoll.MatchETag(lp.inm, st.Snapshot.ETag)
 }
 
-// finish answers the request from state st; held is set when the request
-// was held at all (so also when its wait ended). Answers other than the
-// representation or 304 are left to finishOther, to keep this frame small.
+// finish answers the request from the state its wait ended with, and
+// returns the outcome. Answers other than the representation or 304 are
+// left to finishOther, to keep this frame small.
 func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
-	repl *caddy.Replacer, st *longpoll.State, lp *longPoll, held bool,
-) error {
+	repl *caddy.Replacer, end *holdEnd, lp *longPoll,
+) (string, error) {
+	st := end.st
 	if st.Passthrough || st.Failure != nil || st.Snapshot == nil || !st.Snapshot.VaryMatches(r.Header) {
 		return h.finishOther(w, r, next, repl, st)
 	}
@@ -201,7 +205,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	switch {
 	case st.Closed || st.Detached: // the engine or the watch's route went away
 		outcome = outcomeShutdown
-	case held:
+	case end.held:
 		outcome = outcomeChanged
 	}
 	if longpoll.MatchETag(lp.inm, st.Snapshot.ETag) {
@@ -210,37 +214,36 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		}
 		repl.Set("http.longpoll.outcome", outcome)
 		writeNotModified(w, st.Snapshot, lp.wait)
-		return nil
+		return outcome, nil
 	}
 	repl.Set("http.longpoll.outcome", outcome)
-	writeSnapshot(w, r, st.Snapshot, lp.wait, held)
-	return nil
+	writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
+	return outcome, nil
 }
 
 // finishOther answers from a state that has no representation for the
 // request: the upstream's failure, or the next handler.
 func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
 	repl *caddy.Replacer, st *longpoll.State,
-) error {
+) (string, error) {
 	ended := st.Closed || st.Detached
 	switch {
 	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
 		ended && st.Snapshot == nil && st.Failure == nil:
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		return next.ServeHTTP(w, r)
+		return outcomePassthrough, next.ServeHTTP(w, r)
 	case st.Failure != nil:
 		repl.Set("http.longpoll.outcome", outcomeError)
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(st.Failure.RetryAfter.Seconds()+0.5))))
-		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("polling upstream: %w", st.Failure.Err))
+		return outcomeError, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("polling upstream: %w", st.Failure.Err))
 	}
 	repl.Set("http.longpoll.outcome", outcomeError)
 	w.Header().Set("Retry-After", "1")
-	return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
+	return outcomeError, caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
 }
 
 // reject answers a request over a cap.
-func (h *Handler) reject(w http.ResponseWriter, repl *caddy.Replacer, err error) error {
-	repl.Set("http.longpoll.outcome", outcomeRejected)
+func (h *Handler) reject(w http.ResponseWriter, err error) error {
 	w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
 	status := http.StatusServiceUnavailable
 	if errors.Is(err, longpoll.ErrTooManyForClient) {

@@ -110,6 +110,9 @@ type Subscription struct {
 // State returns the watch's current state.
 func (s *Subscription) State() *State { return s.w.state.Load() }
 
+// Key returns the key of the subscription's watch.
+func (s *Subscription) Key() Key { return s.w.key }
+
 // Fresh returns a state no older than one poll interval, for a request
 // that is answered at once: it waits for the watch's first result, or for
 // the poll that this subscription started because the watch had been idle

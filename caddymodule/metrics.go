@@ -1,0 +1,167 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// The module's metrics. They are made once per process and registered in
+// the metrics registry of every config that has a longpoll handler with
+// metrics on, so that counters carry on across reloads and appear on Caddy's
+// own metrics endpoints (the admin API's /metrics, the metrics handler).
+// Label values are fixed sets: never a key, a path or a client address.
+var metrics = newMetricSet()
+
+// outcomes are the values of {http.longpoll.outcome}, and of the outcome
+// label.
+var outcomes = []string{
+	outcomeImmediate, outcomeChanged, outcomeTimeout, outcomePassthrough,
+	outcomeRejected, outcomeError, outcomeShutdown, outcomeCanceled,
+}
+
+type metricSet struct {
+	pollsVec     *prometheus.CounterVec
+	polls        []prometheus.Counter // by longpoll.PollResult
+	pollDuration prometheus.Histogram
+	answersVec   *prometheus.CounterVec
+	heldVec      *prometheus.HistogramVec
+	byOutcome    map[string]outcomeMetrics
+	delivery     prometheus.Histogram
+	gauges       gaugeCollector
+}
+
+// outcomeMetrics are the series of one outcome, looked up once.
+type outcomeMetrics struct {
+	answers prometheus.Counter
+	held    prometheus.Observer
+}
+
+func newMetricSet() *metricSet {
+	const ns, sub = "caddy", "longpoll"
+	m := &metricSet{
+		pollsVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "polls_total",
+			Help: "Polls of the upstream made for held requests, by what they found: changed, unchanged, not_modified (the upstream answered 304), error, uncacheable.",
+		}, []string{"result"}),
+		pollDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "poll_duration_seconds",
+			Help:    "How long polls of the upstream took.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		answersVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "answers_total",
+			Help: "Long-poll requests answered, by outcome: immediate, changed, timeout, passthrough, rejected, error, shutdown, canceled.",
+		}, []string{"outcome"}),
+		heldVec: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "held_seconds",
+			Help:    "How long long-poll requests were held before their answer, by outcome.",
+			Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 20, 30, 45, 60, 120},
+		}, []string{"outcome"}),
+		delivery: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "change_to_answer_seconds",
+			Help:    "Time from the poll that found a change to the held request's answer being written.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		byOutcome: make(map[string]outcomeMetrics, len(outcomes)),
+		gauges: gaugeCollector{
+			held: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "held_requests"),
+				"Long-poll requests held now (admitted, not yet answered).", nil, nil),
+			watches: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "watches"),
+				"Watches kept, by state: active (polling for held requests) or idle (kept warm for idle_ttl).", []string{"state"}, nil),
+		},
+	}
+	// Every series exists from the start, at zero, so that rates and
+	// ratios need no special case for a series not yet seen.
+	for _, r := range longpoll.PollResults() {
+		m.polls = append(m.polls, m.pollsVec.WithLabelValues(r.String()))
+	}
+	for _, o := range outcomes {
+		m.byOutcome[o] = outcomeMetrics{
+			answers: m.answersVec.WithLabelValues(o),
+			held:    m.heldVec.WithLabelValues(o),
+		}
+	}
+	return m
+}
+
+// register adds the metrics to reg, a config's registry. A collector that
+// reg already has (another longpoll handler of the same config registered
+// it) is no error.
+func (m *metricSet) register(reg prometheus.Registerer) error {
+	var errs []error
+	for _, c := range []prometheus.Collector{m.pollsVec, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.gauges} {
+		var already prometheus.AlreadyRegisteredError
+		if err := reg.Register(c); err != nil && !errors.As(err, &already) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// answered counts a long-poll request's answer; held is how long it was
+// held, if it was.
+func (m *metricSet) answered(outcome string, held time.Duration, wasHeld bool) {
+	om, ok := m.byOutcome[outcome]
+	if !ok {
+		return
+	}
+	om.answers.Inc()
+	if wasHeld {
+		om.held.Observe(held.Seconds())
+	}
+}
+
+// pollObserver reports an engine's polls.
+type pollObserver struct{ m *metricSet }
+
+// Polled implements longpoll.Observer.
+func (o pollObserver) Polled(r longpoll.PollResult, took time.Duration) {
+	if int(r) < len(o.m.polls) {
+		o.m.polls[r].Inc()
+	}
+	o.m.pollDuration.Observe(took.Seconds())
+}
+
+// gaugeCollector reports the held requests and watches of every running
+// hub with metrics on, read when the metrics are scraped: nothing is counted
+// on the request path, and a gauge cannot drift from what it measures.
+type gaugeCollector struct {
+	held, watches *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.held
+	ch <- c.watches
+}
+
+// Collect implements prometheus.Collector.
+func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
+	var held, active, all int
+	hubs.Range(func(_, v any) bool {
+		if hb, ok := v.(*hub); ok && hb.metrics {
+			st := hb.engine.Stats()
+			held += hb.limiter.Held()
+			active += st.Active
+			all += st.Watches
+		}
+		return true
+	})
+	ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(held))
+	ch <- prometheus.MustNewConstMetric(c.watches, prometheus.GaugeValue, float64(active), "active")
+	// a watch dropped while requests still held it is active, not kept
+	ch <- prometheus.MustNewConstMetric(c.watches, prometheus.GaugeValue, float64(max(all-active, 0)), "idle")
+}
+
+// Interface guards
+var (
+	_ prometheus.Collector = gaugeCollector{}
+	_ longpoll.Observer    = pollObserver{}
+)
