@@ -61,4 +61,19 @@ curl -si -H 'Prefer: wait=2' -H "If-None-Match: $etag2" -w '\n[held for %{time_t
 	"$BASE/status.txt" | tee "$scratch/timeout"
 [ "$(status_of "$scratch/timeout")" = 304 ] || fail "no 304 after the wait"
 
+say "4. what the operator sees: metrics and watches on the admin API, the access log"
+echo '$ curl -s localhost:2019/metrics | grep ^caddy_longpoll_answers_total'
+curl -s localhost:2019/metrics | grep '^caddy_longpoll_answers_total' | tee "$scratch/metrics"
+for outcome in immediate changed timeout; do
+	grep -q "outcome=\"$outcome\"} 1\$" "$scratch/metrics" || fail "the $outcome answer was not counted once"
+done
+echo '$ curl -s localhost:2019/longpoll/watches'
+curl -s localhost:2019/longpoll/watches | tee "$scratch/watches"
+echo
+grep -q '"topic":"/status.txt"' "$scratch/watches" || fail "the watch of /status.txt is not listed"
+echo '$ grep longpoll_outcome caddy.log  # the access log, a few of its fields'
+grep '"longpoll_outcome":"' "$scratch/caddy.log" |
+	grep -o '"uri":"[^"]*"\|"longpoll_[a-z]*":[^,}]*\|"status":[0-9]*' | paste -d' ' - - - - | tee "$scratch/access"
+grep -q '"longpoll_outcome":"changed"' "$scratch/access" || fail "the access log has no changed outcome"
+
 say "demo passed"

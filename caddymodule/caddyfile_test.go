@@ -281,6 +281,8 @@ const exampleLongpollBlock = `
 		topic {path}
 		# The notification group of this handler. Default: none.
 		group demo
+		# Leave this handler out of the caddy_longpoll_* metrics. Default: off.
+		# disable_metrics
 	}
 `
 
@@ -316,6 +318,16 @@ const exampleJSON = `{
 												{
 													"handler": "vars",
 													"root": "/srv/longpoll-demo"
+												},
+												{
+													"handler": "log_append",
+													"key": "longpoll_outcome",
+													"value": "{http.longpoll.outcome}"
+												},
+												{
+													"handler": "log_append",
+													"key": "longpoll_held",
+													"value": "{http.longpoll.held}"
 												},
 												{
 													"encodings": {
@@ -393,6 +405,13 @@ const exampleJSON = `{
 						"skip": [
 							"localhost"
 						]
+					},
+					"logs": {
+						"logger_names": {
+							"localhost": [
+								""
+							]
+						}
 					}
 				}
 			}
@@ -415,7 +434,7 @@ func TestAdaptCaddyfileExample(t *testing.T) {
 	caddytest.AssertAdapt(t, string(src), "caddyfile", exampleJSON)
 
 	got := adaptedHandlers(t, string(src))
-	want := []string{"subroute", "vars", "encode", "longpoll", "subroute", "longpoll_notify", "file_server"}
+	want := []string{"subroute", "vars", "log_append", "log_append", "encode", "longpoll", "subroute", "longpoll_notify", "file_server"}
 	if !slices.Equal(got, want) {
 		t.Errorf("adapting Caddyfile.example: got handlers %q, want %q", got, want)
 	}
