@@ -105,16 +105,21 @@ func (m *metricSet) register(reg prometheus.Registerer) error {
 	return errors.Join(errs...)
 }
 
-// answered counts a long-poll request's answer; held is how long it was
-// held, if it was.
-func (m *metricSet) answered(outcome string, held time.Duration, wasHeld bool) {
+// answered counts a long-poll request's answer, with how long it was held
+// and, for a change, how long its answer took from the poll that found the
+// change; end is nil for a request that never waited.
+func (m *metricSet) answered(outcome string, end *holdEnd) {
 	om, ok := m.byOutcome[outcome]
 	if !ok {
 		return
 	}
 	om.answers.Inc()
-	if wasHeld {
-		om.held.Observe(held.Seconds())
+	if end == nil || !end.held {
+		return
+	}
+	om.held.Observe(end.heldFor.Seconds())
+	if outcome == outcomeChanged && end.st != nil && !end.st.Since.IsZero() {
+		m.delivery.Observe(time.Since(end.st.Since).Seconds())
 	}
 }
 

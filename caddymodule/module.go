@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -66,6 +67,11 @@ const (
 // | `{http.longpoll.outcome}` | `immediate`, `changed`, `timeout`, `passthrough`, `rejected`, `error`, `shutdown` or `canceled` |
 // | `{http.longpoll.wait}` | the wait applied, in seconds |
 // | `{http.longpoll.held}` | how long the request was held (a duration) |
+//
+// The handler reports `caddy_longpoll_*` metrics (held requests, watches,
+// polls by result, answers by outcome, hold and delivery times) in Caddy's
+// metrics registry unless `disable_metrics` is set, and the admin API's
+// `GET /longpoll/watches` lists its watches.
 type Handler struct {
 	// How often the upstream is polled while at least one client waits on
 	// a key. Must be below `max_wait`. Default: `1s`.
@@ -134,6 +140,7 @@ type Handler struct {
 	poolKey string
 	gen     uint64
 	logger  *zap.Logger
+	debug   bool // the logger takes debug lines: log each request
 	cleaned bool
 }
 
@@ -159,6 +166,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // warm watches.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.debug = h.logger.Core().Enabled(zapcore.DebugLevel)
 	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		return err

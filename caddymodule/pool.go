@@ -40,6 +40,7 @@ type hub struct {
 	gen         atomic.Uint64
 	lastCapWarn atomic.Int64 // unix nanoseconds
 	stop        chan struct{}
+	logger      *zap.Logger
 	metrics     bool                   // reported in the metrics
 	server      atomic.Pointer[string] // the name of its handlers' server, for the admin view
 }
@@ -71,7 +72,7 @@ func newHub(h *Handler, server string) (*hub, error) {
 	if err != nil {
 		return nil, err
 	}
-	hb := &hub{group: h.Group, engine: e, stop: make(chan struct{}), metrics: !h.DisableMetrics}
+	hb := &hub{group: h.Group, engine: e, stop: make(chan struct{}), logger: h.logger, metrics: !h.DisableMetrics}
 	hb.server.Store(&server)
 	go hb.watchExit()
 	h.logger.Info("longpoll engine started", zap.String("server", server),
@@ -106,7 +107,12 @@ func (hb *hub) watchExit() {
 // those still on the old route are detached, so that no poll goes through a
 // replaced config and their held requests are answered within a second.
 func (hb *hub) retire(gen uint64) {
-	time.AfterFunc(routeGrace, func() { hb.engine.Detach(gen) })
+	time.AfterFunc(routeGrace, func() {
+		if n := hb.engine.Detach(gen); n > 0 {
+			hb.logger.Info("watches of a replaced config detached: they poll again with their next request",
+				zap.Int("watches", n))
+		}
+	})
 }
 
 // Destruct closes the engine when the last handler using it is cleaned up.

@@ -4,10 +4,7 @@
 package caddymodule
 
 import (
-	"time"
-
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -23,28 +20,33 @@ func (h *Handler) answered(repl *caddy.Replacer, outcome string, end *holdEnd, s
 
 // delivered reports a long-poll request's outcome to the metrics and, at
 // debug level only, to the log: end is how its wait ended (nil if it never
-// waited), sub its subscription (nil if it had none). The log line names the
-// watch by its short hash, never by its key.
+// waited), sub its subscription (nil if it had none).
+//
+// It runs on the request's goroutine right after the answer, as deep in
+// the stack as the answer's own write: its frame stays small, and the log
+// line is built in a call of its own, made only when debug logging is on,
+// or every release would move thousands of stacks to 16 KiB ones.
 func (h *Handler) delivered(outcome string, end *holdEnd, sub *longpoll.Subscription) {
-	held := end != nil && end.held
 	if !h.DisableMetrics {
-		var heldFor time.Duration
-		if held {
-			heldFor = end.heldFor
-		}
-		metrics.answered(outcome, heldFor, held)
-		if outcome == outcomeChanged && end != nil && end.st != nil && !end.st.Since.IsZero() {
-			metrics.delivery.Observe(time.Since(end.st.Since).Seconds())
-		}
+		metrics.answered(outcome, end)
 	}
-	if ce := h.logger.Check(zapcore.DebugLevel, "long-poll answered"); ce != nil {
-		fields := []zap.Field{zap.String("outcome", outcome), zap.Bool("held", held)}
-		if held {
-			fields = append(fields, zap.Duration("held_for", end.heldFor))
-		}
-		if sub != nil {
-			fields = append(fields, zap.String("watch", sub.Key().Short()))
-		}
-		ce.Write(fields...)
+	if h.debug {
+		h.logAnswer(outcome, end, sub)
 	}
+}
+
+// logAnswer logs one long-poll request's outcome at debug level, naming
+// its watch by the short hash, never by the key.
+//
+//go:noinline
+func (h *Handler) logAnswer(outcome string, end *holdEnd, sub *longpoll.Subscription) {
+	held := end != nil && end.held
+	fields := []zap.Field{zap.String("outcome", outcome), zap.Bool("held", held)}
+	if held {
+		fields = append(fields, zap.Duration("held_for", end.heldFor))
+	}
+	if sub != nil {
+		fields = append(fields, zap.String("watch", sub.Key().Short()))
+	}
+	h.logger.Debug("long-poll answered", fields...)
 }
