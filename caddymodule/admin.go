@@ -4,6 +4,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -113,23 +114,21 @@ func (a *AdminWatches) serveWatches(w http.ResponseWriter, r *http.Request) erro
 }
 
 // collectWatches describes the watches of every running hub, keeping the
-// limit with the most waiters: its memory is bounded by limit, not by the
-// number of watches.
+// limit with the most waiters. Only the watches listed are described in
+// full; the others cost a comparison each.
 func collectWatches(limit int) watchesView {
+	var hbs []*hub
+	hubs.Range(func(_, v any) bool { // holds the pool's lock: only copy
+		if hb, ok := v.(*hub); ok {
+			hbs = append(hbs, hb)
+		}
+		return true
+	})
 	view := watchesView{Watches: []watchView{}}
-	top := make([]watchView, 0, min(2*limit, 1024))
-	hubs.Range(func(_, v any) bool {
-		hb, ok := v.(*hub)
-		if !ok {
-			return true
-		}
-		view.Totals.Handlers++
+	view.Totals.Handlers = len(hbs)
+	top := make([]hubWatch, 0, min(2*limit, 1024))
+	for _, hb := range hbs {
 		view.Totals.HeldRequests += hb.limiter.Held()
-		server := ""
-		if s := hb.server.Load(); s != nil {
-			server = *s
-		}
-		interval := hb.engine.Config().Interval.String()
 		for info := range hb.engine.Watches() {
 			view.Totals.Watches++
 			view.Totals.Waiters += info.Waiters
@@ -142,25 +141,40 @@ func collectWatches(limit int) watchesView {
 			if limit == 0 {
 				continue
 			}
-			top = append(top, describeWatch(info, server, hb.group, interval))
+			top = append(top, hubWatch{hb, info})
 			if len(top) >= 2*limit {
 				slices.SortFunc(top, byWaiters)
 				top = top[:limit]
 			}
 		}
-		return true
-	})
+	}
 	slices.SortFunc(top, byWaiters)
-	view.Watches = append(view.Watches, top[:min(limit, len(top))]...)
+	for _, hw := range top[:min(limit, len(top))] {
+		view.Watches = append(view.Watches, hw.describe())
+	}
 	view.Totals.Listed = len(view.Watches)
 	return view
 }
 
-// byWaiters orders watches by waiters, most first, then by topic and hash,
+// hubWatch is a watch and the hub that keeps it.
+type hubWatch struct {
+	hb   *hub
+	info longpoll.WatchInfo
+}
+
+// byWaiters orders watches by waiters, most first, then by topic and key,
 // so that the listing is the same for the same watches.
-func byWaiters(a, b watchView) int {
-	return cmp.Or(cmp.Compare(b.Waiters, a.Waiters), strings.Compare(a.Topic, b.Topic),
-		strings.Compare(a.Watch, b.Watch), strings.Compare(a.Server, b.Server))
+func byWaiters(a, b hubWatch) int {
+	return cmp.Or(cmp.Compare(b.info.Waiters, a.info.Waiters), strings.Compare(a.info.Topic, b.info.Topic),
+		bytes.Compare(a.info.Key[:], b.info.Key[:]))
+}
+
+func (hw hubWatch) describe() watchView {
+	server := ""
+	if s := hw.hb.server.Load(); s != nil {
+		server = *s
+	}
+	return describeWatch(hw.info, server, hw.hb.group, hw.hb.engine.Config().Interval.String())
 }
 
 func describeWatch(info longpoll.WatchInfo, server, group, interval string) watchView {

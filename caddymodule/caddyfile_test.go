@@ -127,6 +127,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  Handler{QueryParams: &QueryParams{Wait: "w", ETag: "e"}},
 		},
 		{
+			name:  "disable_metrics",
+			input: "longpoll {\n\tdisable_metrics\n}",
+			want:  Handler{DisableMetrics: true},
+		},
+		{
 			name: "every subdirective",
 			input: `longpoll {
 				interval 2s
@@ -172,6 +177,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			wantErr: "max_waiters_per_client already specified",
 		},
 		{name: "query_params twice", input: "longpoll {\n\tquery_params a b\n\tquery_params c d\n}", wantErr: "query_params already specified"},
+		{name: "disable_metrics twice", input: "longpoll {\n\tdisable_metrics\n\tdisable_metrics\n}", wantErr: "disable_metrics already specified"},
+		{name: "disable_metrics with a value", input: "longpoll {\n\tdisable_metrics true\n}", wantErr: "wrong argument count"},
 
 		// bad values
 		{name: "invalid duration", input: "longpoll {\n\tinterval soon\n}", wantErr: "invalid interval 'soon'"},

@@ -4,6 +4,7 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -82,9 +83,10 @@ func (u *failing) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 }
 
 // TestMetricsScenario scripts one client through an answer at once, a
-// timeout, a change and a failing upstream, on a fake clock, and checks
-// every series the module moved, and that it logs each request at debug
-// only, naming its watch by the short hash and never by the key.
+// timeout, a change, a failing upstream and its recovery, on a fake clock,
+// and checks every series the module moved, and its log: the failure once
+// at error and the recovery once at warn however many polls failed, each
+// request at debug only, and never the request's credentials.
 func TestMetricsScenario(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		up := new(failing)
@@ -92,7 +94,7 @@ func TestMetricsScenario(t *testing.T) {
 		h := &Handler{Interval: caddy.Duration(time.Second)}
 		provision(t, newTestContext(t), h)
 		core, logs := observer.New(zapcore.DebugLevel)
-		h.logger = zap.New(core)
+		h.useLogger(zap.New(core)) // the hub's engine logs through it too
 		const target = "http://example.com/orders/42"
 		creds := http.Header{"Authorization": {"Bearer s3cr3t-token"}}
 		send := func(wait, inm string) (int, string) {
@@ -135,8 +137,13 @@ func TestMetricsScenario(t *testing.T) {
 		_, etag = send("5", "")
 		// held while the upstream fails: 502 when the wait ends
 		up.down.Store(true)
-		if code, _ := send("3", etag); code != http.StatusBadGateway {
+		if code, _ := send("10", etag); code != http.StatusBadGateway {
 			t.Fatalf("long-poll while the upstream fails: %d, want 502", code)
+		}
+		// held while it recovers: nothing changed, 304 when the wait ends
+		up.down.Store(false)
+		if code, _ := send("30", etag); code != http.StatusNotModified {
+			t.Fatalf("long-poll while the upstream recovers: %d, want 304", code)
 		}
 
 		if held["held_requests"] != 1 || held["watches/active"] != 1 {
@@ -144,8 +151,8 @@ func TestMetricsScenario(t *testing.T) {
 		}
 		got := readMetrics(t).delta(before)
 		want := map[string]float64{
-			"answers/immediate": 2, "answers/timeout": 1, "answers/changed": 1, "answers/error": 1,
-			"held/timeout_count": 1, "held/changed_count": 1, "held/error_count": 1,
+			"answers/immediate": 2, "answers/timeout": 2, "answers/changed": 1, "answers/error": 1,
+			"held/timeout_count": 2, "held/changed_count": 1, "held/error_count": 1,
 			"change_to_answer_count": 1,
 		}
 		for k, v := range want {
@@ -161,8 +168,8 @@ func TestMetricsScenario(t *testing.T) {
 		// polls: two changes found, unchanged ones in between (this
 		// upstream ignores If-None-Match, so never a 304), one or more
 		// failures; every one timed
-		if got["polls/changed"] != 2 || got["polls/unchanged"] < 2 || got["polls/error"] < 1 || got["polls/not_modified"] != 0 {
-			t.Errorf("polls moved by %v, want 2 changed, 2 or more unchanged, 1 or more error, no not_modified", got)
+		if got["polls/changed"] != 2 || got["polls/unchanged"] < 2 || got["polls/error"] < 3 || got["polls/not_modified"] != 0 {
+			t.Errorf("polls moved by %v, want 2 changed, 2 or more unchanged, 3 or more error, no not_modified", got)
 		}
 		var polls float64
 		for _, r := range longpoll.PollResults() {
@@ -174,13 +181,27 @@ func TestMetricsScenario(t *testing.T) {
 		}
 
 		answered := logs.FilterMessage("long-poll answered").All()
-		if len(answered) != 5 {
-			t.Errorf("'long-poll answered' logged %d times, want once per request (5)", len(answered))
+		if len(answered) != 6 {
+			t.Errorf("'long-poll answered' logged %d times, want once per request (6)", len(answered))
+		}
+		for _, e := range answered {
+			if e.Level != zapcore.DebugLevel {
+				t.Errorf("per-request log line at %v, want debug", e.Level)
+			}
+		}
+		failing := logs.FilterMessage("upstream poll failing").All()
+		recovered := logs.FilterMessage("upstream poll recovered").All()
+		if len(failing) != 1 || failing[0].Level != zapcore.ErrorLevel || len(recovered) != 1 || recovered[0].Level != zapcore.WarnLevel {
+			t.Errorf("for %v failed polls: 'upstream poll failing' %d times, 'recovered' %d times; want each once, at error and warn",
+				got["polls/error"], len(failing), len(recovered))
+		}
+		if len(failing) == 1 && failing[0].ContextMap()["topic"] != "/orders/42" {
+			t.Errorf("failure line %v, want the watch's topic", failing[0].ContextMap())
+		}
+		if n := logs.Len() - len(answered) - len(failing) - len(recovered); n != 0 {
+			t.Errorf("%d other log lines (%v), want none", n, logs.All())
 		}
 		for _, e := range logs.All() {
-			if e.Level > zapcore.DebugLevel {
-				t.Errorf("per-request log line %q at %v, want debug only", e.Message, e.Level)
-			}
 			line := fmt.Sprint(e.Message, e.ContextMap())
 			if strings.Contains(line, "s3cr3t") {
 				t.Errorf("log line %q holds the request's credentials", line)
@@ -275,6 +296,111 @@ func TestMetricsDisabled(t *testing.T) {
 		}
 		if h.hub.metrics {
 			t.Error("hub of a handler with disable_metrics reports to the gauges, want it left out")
+		}
+	})
+}
+
+// TestMetricsOutcomes follows the request paths TestMetricsScenario does
+// not take, and checks for each that the outcome set for the access log is
+// the one counted, once, with the time held when it was held.
+func TestMetricsOutcomes(t *testing.T) {
+	tests := []struct {
+		name string
+		want string
+		held bool
+		run  func(t *testing.T, h *Handler, up *versioned, etag string) *caddy.Replacer
+	}{
+		{name: "rejected", want: outcomeRejected, run: func(t *testing.T, h *Handler, up *versioned, etag string) *caddy.Replacer {
+			ticket, err := h.hub.limiter.Acquire("", 1, 0) // the one place max_waiters 1 allows
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ticket.Release()
+			req, w, repl := prepare(t, http.MethodGet, "http://example.com/o", http.Header{"Prefer": {"wait=5"}})
+			if err := h.ServeHTTP(w, req, up); err == nil {
+				t.Fatal("over max_waiters: no error, want 503")
+			}
+			return repl
+		}},
+		{name: "passthrough", want: outcomePassthrough, run: func(t *testing.T, h *Handler, up *versioned, etag string) *caddy.Replacer {
+			req, w, repl := prepare(t, http.MethodGet, "http://example.com/o", http.Header{"Prefer": {"wait=5"}, "Range": {"bytes=0-1"}})
+			if err := h.ServeHTTP(w, req, up); err != nil {
+				t.Fatal(err)
+			}
+			return repl
+		}},
+		{name: "canceled", want: outcomeCanceled, held: true, run: func(t *testing.T, h *Handler, up *versioned, etag string) *caddy.Replacer {
+			req, w, repl := prepare(t, http.MethodGet, "http://example.com/o", http.Header{"Prefer": {"wait=30"}, "If-None-Match": {etag}})
+			ctx, cancel := context.WithCancel(req.Context())
+			time.AfterFunc(2*time.Second, cancel)
+			if err := h.ServeHTTP(w, req.WithContext(ctx), up); err != nil {
+				t.Fatal(err)
+			}
+			return repl
+		}},
+		{name: "shutdown", want: outcomeShutdown, held: true, run: func(t *testing.T, h *Handler, up *versioned, etag string) *caddy.Replacer {
+			req, w, repl := prepare(t, http.MethodGet, "http://example.com/o", http.Header{"Prefer": {"wait=30"}, "If-None-Match": {etag}})
+			time.AfterFunc(2*time.Second, func() { _ = h.hub.engine.Close() })
+			if err := h.ServeHTTP(w, req, up); err != nil || w.Code != http.StatusNotModified {
+				t.Fatalf("held when the engine closed: %d, %v; want 304", w.Code, err)
+			}
+			return repl
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				up := new(versioned)
+				up.version.Store(1)
+				h := &Handler{Key: "test:" + t.Name() + ":{http.request.uri}", MaxWaiters: 1}
+				provision(t, newTestContext(t), h)
+				req, w, _ := prepare(t, http.MethodGet, "http://example.com/o", http.Header{"Prefer": {"wait=5"}})
+				if err := h.ServeHTTP(w, req, up); err != nil {
+					t.Fatal(err)
+				}
+				before := readMetrics(t)
+				repl := tt.run(t, h, up, w.Header().Get("Etag"))
+				if got := outcome(repl); got != tt.want {
+					t.Errorf("outcome %q, want %q", got, tt.want)
+				}
+				want := map[string]float64{"answers/" + tt.want: 1}
+				if tt.held {
+					want["held/"+tt.want+"_count"] = 1
+				}
+				got := readMetrics(t).delta(before)
+				for k := range got {
+					if strings.HasPrefix(k, "polls/") || k == "poll_duration_count" {
+						delete(got, k) // the watch's own polls
+					}
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Errorf("metrics moved by %v, want %v", got, want)
+				}
+			})
+		})
+	}
+}
+
+// TestNoRequestLinesAboveDebug checks that with the logger above debug,
+// as Caddy's default is, answering long-polls logs nothing.
+func TestNoRequestLinesAboveDebug(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := new(versioned)
+		up.version.Store(1)
+		h := &Handler{Key: "test:" + t.Name() + ":{http.request.uri}"}
+		provision(t, newTestContext(t), h)
+		core, logs := observer.New(zapcore.InfoLevel)
+		h.useLogger(zap.New(core))
+		req, w, _ := prepare(t, http.MethodGet, "http://example.com/q", http.Header{"Prefer": {"wait=5"}})
+		if err := h.ServeHTTP(w, req, up); err != nil {
+			t.Fatal(err)
+		}
+		req, w, _ = prepare(t, http.MethodGet, "http://example.com/q", http.Header{"Prefer": {"wait=2"}, "If-None-Match": {w.Header().Get("Etag")}})
+		if err := h.ServeHTTP(w, req, up); err != nil || w.Code != http.StatusNotModified {
+			t.Fatalf("held long-poll: %d, %v; want 304", w.Code, err)
+		}
+		if h.debug || logs.Len() != 0 {
+			t.Errorf("logger at info: debug %v, lines %v; want no debug and no line", h.debug, logs.All())
 		}
 	})
 }

@@ -165,8 +165,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // same handler of earlier configs, so that a reload keeps held requests and
 // warm watches.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
-	h.debug = h.logger.Core().Enabled(zapcore.DebugLevel)
+	h.useLogger(ctx.Logger())
 	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		return err
@@ -177,6 +176,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.hub, h.poolKey = hb, key
 	h.gen = hb.gen.Add(1)
+	hb.log.Store(h.logger) // the hub logs where the newest config says
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		name := srv.Name()
 		hb.server.Store(&name)
@@ -188,6 +188,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	return nil
+}
+
+// useLogger makes h log through l, and its hub too if it has one.
+func (h *Handler) useLogger(l *zap.Logger) {
+	h.logger = l
+	h.debug = l.Core().Enabled(zapcore.DebugLevel)
+	if h.hub != nil {
+		h.hub.log.Store(l)
+	}
 }
 
 func (h *Handler) applyDefaults() {

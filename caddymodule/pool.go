@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -40,9 +42,14 @@ type hub struct {
 	gen         atomic.Uint64
 	lastCapWarn atomic.Int64 // unix nanoseconds
 	stop        chan struct{}
-	logger      *zap.Logger
-	metrics     bool                   // reported in the metrics
-	server      atomic.Pointer[string] // the name of its handlers' server, for the admin view
+	// logger writes through the core of log, the logger of the newest
+	// handler: a hub outlives the config that made it, and its lines (an
+	// upstream failing, a config's watches detached) go where the running
+	// config's logging says.
+	logger  *zap.Logger
+	log     atomic.Pointer[zap.Logger]
+	metrics bool                   // reported in the metrics
+	server  atomic.Pointer[string] // the name of its handlers' server, for the admin view
 }
 
 // route is the path polls take through a config: the handler after a
@@ -64,7 +71,10 @@ const routeGrace = time.Second
 const exitCheckInterval = 200 * time.Millisecond
 
 func newHub(h *Handler, server string) (*hub, error) {
-	opts := []longpoll.Option{longpoll.WithLogger(h.logger)}
+	hb := &hub{group: h.Group, stop: make(chan struct{}), metrics: !h.DisableMetrics}
+	hb.log.Store(h.logger)
+	hb.logger = zap.New(followCore{cur: &hb.log}).Named(h.logger.Name())
+	opts := []longpoll.Option{longpoll.WithLogger(hb.logger)}
 	if !h.DisableMetrics {
 		opts = append(opts, longpoll.WithObserver(pollObserver{metrics}))
 	}
@@ -72,7 +82,7 @@ func newHub(h *Handler, server string) (*hub, error) {
 	if err != nil {
 		return nil, err
 	}
-	hb := &hub{group: h.Group, engine: e, stop: make(chan struct{}), logger: h.logger, metrics: !h.DisableMetrics}
+	hb.engine = e
 	hb.server.Store(&server)
 	go hb.watchExit()
 	h.logger.Info("longpoll engine started", zap.String("server", server),
@@ -182,3 +192,43 @@ func (hb *hub) capWarning() bool {
 	last := hb.lastCapWarn.Load()
 	return now-last >= int64(capWarnEvery) && hb.lastCapWarn.CompareAndSwap(last, now)
 }
+
+// followCore is a zapcore.Core that writes through the core of the logger
+// cur points to when each line is logged, with fields added by With.
+type followCore struct {
+	cur    *atomic.Pointer[zap.Logger]
+	fields []zapcore.Field
+}
+
+func (c followCore) core() zapcore.Core {
+	co := c.cur.Load().Core()
+	if len(c.fields) > 0 {
+		co = co.With(c.fields)
+	}
+	return co
+}
+
+// Enabled implements zapcore.LevelEnabler.
+func (c followCore) Enabled(l zapcore.Level) bool { return c.cur.Load().Core().Enabled(l) }
+
+// With implements zapcore.Core.
+func (c followCore) With(fields []zapcore.Field) zapcore.Core {
+	return followCore{cur: c.cur, fields: append(slices.Clip(c.fields), fields...)}
+}
+
+// Check implements zapcore.Core: the current core adds itself to ce, so
+// that the entry is written by it.
+func (c followCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	return c.core().Check(e, ce)
+}
+
+// Write implements zapcore.Core.
+func (c followCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	return c.core().Write(e, fields)
+}
+
+// Sync implements zapcore.Core.
+func (c followCore) Sync() error { return c.cur.Load().Core().Sync() }
+
+// Interface guards
+var _ zapcore.Core = followCore{}

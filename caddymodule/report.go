@@ -6,20 +6,12 @@ package caddymodule
 import (
 	"go.uber.org/zap"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
 
-// answered sets the outcome of a long-poll request that finish does not
-// answer, and reports it.
-func (h *Handler) answered(repl *caddy.Replacer, outcome string, end *holdEnd, sub *longpoll.Subscription) {
-	repl.Set("http.longpoll.outcome", outcome)
-	h.delivered(outcome, end, sub)
-}
-
-// delivered reports a long-poll request's outcome to the metrics and, at
-// debug level only, to the log: end is how its wait ended (nil if it never
+// delivered reports a long-poll request's outcome, the value its
+// {http.longpoll.outcome} was set to, to the metrics and, at debug level
+// only, to the log: end is how its wait ended (nil if it never
 // waited), sub its subscription (nil if it had none).
 //
 // It runs on the request's goroutine right after the answer, as deep in

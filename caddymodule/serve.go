@@ -52,13 +52,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !h.fitWait(w, r, &lp) {
-		h.answered(repl, outcomePassthrough, nil, nil)
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.delivered(outcomePassthrough, nil, nil)
 		return next.ServeHTTP(w, r)
 	}
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	ticket, err := h.hub.limiter.Acquire(clientIP, h.MaxWaiters, h.MaxWaitersPerClient)
 	if err != nil {
-		h.answered(repl, outcomeRejected, nil, nil)
+		repl.Set("http.longpoll.outcome", outcomeRejected)
+		h.delivered(outcomeRejected, nil, nil)
 		return h.reject(w, err)
 	}
 	// The ticket and the subscription are given back before the answer is
@@ -78,7 +80,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// the engine closed under an old config's handler: serve directly
 		left = true
 		ticket.Release()
-		h.answered(repl, outcomePassthrough, nil, nil)
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.delivered(outcomePassthrough, nil, nil)
 		return next.ServeHTTP(w, r)
 	}
 	end := h.wait(r, sub, &lp)
@@ -91,7 +94,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set("http.longpoll.held", end.heldFor)
 	}
 	if end.st == nil {
-		h.answered(repl, outcomeCanceled, &end, sub)
+		repl.Set("http.longpoll.outcome", outcomeCanceled)
+		h.delivered(outcomeCanceled, &end, sub)
 		return nil
 	}
 	outcome, err := h.finish(w, r, next, repl, &end, &lp)

@@ -4,7 +4,6 @@
 package longpoll
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -39,10 +38,13 @@ func KeyOf(parts ...string) Key {
 // to tell watches apart, and gives nothing to test guesses of a key's parts
 // (a weak password in an Authorization header, say) against.
 func (k Key) Short() string {
-	m := hmac.New(sha256.New, shortSecret[:])
-	m.Write(k[:])
-	var sum [sha256.Size]byte
-	return hex.EncodeToString(m.Sum(sum[:0])[:4])
+	// A key is itself a hash of fixed length, so hashing the secret and
+	// the key together is a keyed hash that length extension cannot touch.
+	var in [len(shortSecret) + sha256.Size]byte
+	copy(in[:], shortSecret[:])
+	copy(in[len(shortSecret):], k[:])
+	sum := sha256.Sum256(in[:])
+	return hex.EncodeToString(sum[:4])
 }
 
 // shortSecret keys Key.Short.

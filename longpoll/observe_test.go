@@ -239,3 +239,57 @@ func TestPollResultString(t *testing.T) {
 		t.Errorf("PollResult(200).String() = %q, want unknown", got)
 	}
 }
+
+// Stats counts a watch as active from its first subscriber to its last,
+// whatever happens to the watch in between: a pass-through watch replaced
+// while a subscriber still has it, a detach and a return to service, the
+// engine closing under its subscribers.
+func TestStatsActiveAcrossRetireDetachClose(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		e := newEngine(t, longpoll.Config{Interval: time.Second, IdleTTL: 5 * time.Second})
+		pass := newFake(fail(fmt.Errorf("%w: sets a cookie", longpoll.ErrUncacheable)))
+		a := subscribe(t, e, longpoll.KeyOf("pass"), pass)
+		synctest.Wait()
+		if !a.State().Passthrough {
+			t.Fatalf("state %+v, want pass-through", a.State())
+		}
+		time.Sleep(6 * time.Second) // past idle_ttl: the next subscriber probes again
+		b := subscribe(t, e, longpoll.KeyOf("pass"), pass)
+		synctest.Wait()
+		a.Close()
+		b.Close()
+		if st := e.Stats(); st.Active != 0 || st.Watches != 1 {
+			t.Errorf("after a replaced pass-through watch lost its subscribers: %+v, want 1 watch, 0 active", st)
+		}
+
+		ok := newFake(serve("x"))
+		c, err := e.Subscribe(longpoll.KeyOf("ok"), "/ok", 3, ok.New)
+		if err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if n := e.Detach(3); n != 1 {
+			t.Fatalf("Detach(3) = %d, want 1", n)
+		}
+		d, err := e.Subscribe(longpoll.KeyOf("ok"), "/ok", 4, ok.New)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := e.Stats(); st.Active != 1 {
+			t.Errorf("a detached watch back in service with two subscribers: %+v, want 1 active", st)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if st := e.Stats(); st.Active != 1 || st.Watches != 0 {
+			t.Errorf("closed with subscribers: %+v, want no watch kept and 1 active until they leave", st)
+		}
+		c.Close()
+		d.Close()
+		d.Close() // idempotent: counted once
+		if st := e.Stats(); st.Active != 0 {
+			t.Errorf("closed, every subscriber gone: %+v, want 0 active", st)
+		}
+	})
+}

@@ -419,8 +419,9 @@ func (w *watch) uncacheable(err error, now time.Time) {
 	w.failures, w.notBefore, w.again = 0, time.Time{}, false
 	w.passUntil = now.Add(w.e.cfg.IdleTTL)
 	w.publish(&State{Passthrough: true, Since: now}, true)
-	w.e.logger.Debug("upstream response cannot be shared, passing requests through",
-		zap.String("watch", w.key.Short()), zap.Error(err))
+	if ce := w.e.logger.Check(zap.DebugLevel, "upstream response cannot be shared, passing requests through"); ce != nil {
+		ce.Write(zap.String("watch", w.key.Short()), zap.Error(err))
+	}
 }
 
 // failed records a failed poll and backs off. It must be called with w.mu
