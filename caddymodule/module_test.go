@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
@@ -292,4 +296,43 @@ func TestCleanupAfterFailedProvision(t *testing.T) {
 			t.Errorf("Cleanup() without Provision: got error %v, want none", err)
 		}
 	})
+}
+
+// TestHubLogsThroughNewestLogger reloads a handler (same settings, a new
+// config) with new logging: the shared engine's lines must follow the new
+// config's logger, not stay with the one of the config that made it.
+func TestHubLogsThroughNewestLogger(t *testing.T) {
+	key := "test:" + t.Name() + ":{http.request.uri}"
+	first := &Handler{Key: key}
+	provision(t, newTestContext(t), first)
+	name := first.logger.Name()
+	oldCore, oldLogs := observer.New(zapcore.InfoLevel)
+	first.useLogger(zap.New(oldCore))
+
+	second := &Handler{Key: key} // the reloaded config's handler
+	provision(t, newTestContext(t), second)
+	if second.hub != first.hub {
+		t.Fatal("the reloaded handler got a new hub, want the one it shares with its predecessor")
+	}
+	if second.hub.log.Load() != second.logger {
+		t.Error("after Provision, the hub logs through an older handler's logger, want the newest one's")
+	}
+	newCore, newLogs := observer.New(zapcore.InfoLevel)
+	second.useLogger(zap.New(newCore))
+
+	second.hub.logger.With(zap.String("extra", "field")).Info("through With")
+	if err := second.hub.engine.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if oldLogs.Len() != 0 {
+		t.Errorf("old config's logger got %v, want nothing after the reload", oldLogs.All())
+	}
+	closed := newLogs.FilterMessage("longpoll engine closed").All()
+	with := newLogs.FilterMessage("through With").All()
+	if len(closed) != 1 || len(with) != 1 || with[0].ContextMap()["extra"] != "field" {
+		t.Errorf("new config's logger got %v, want the engine's close and the line with its field", newLogs.All())
+	}
+	if len(closed) == 1 && closed[0].LoggerName != name {
+		t.Errorf("engine line from logger %q, want the handler's %q", closed[0].LoggerName, name)
+	}
 }
