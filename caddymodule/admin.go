@@ -162,11 +162,11 @@ type hubWatch struct {
 	info longpoll.WatchInfo
 }
 
-// byWaiters orders watches by waiters, most first, then by topic and key,
-// so that the listing is the same for the same watches.
+// byWaiters orders watches by waiters, most first, then by topic, key and
+// hub, so that the listing is the same for the same watches.
 func byWaiters(a, b hubWatch) int {
 	return cmp.Or(cmp.Compare(b.info.Waiters, a.info.Waiters), strings.Compare(a.info.Topic, b.info.Topic),
-		bytes.Compare(a.info.Key[:], b.info.Key[:]))
+		bytes.Compare(a.info.Key[:], b.info.Key[:]), cmp.Compare(a.hb.id, b.hb.id))
 }
 
 func (hw hubWatch) describe() watchView {

@@ -382,7 +382,8 @@ func TestMetricsOutcomes(t *testing.T) {
 }
 
 // TestNoRequestLinesAboveDebug checks that with the logger above debug,
-// as Caddy's default is, answering long-polls logs nothing.
+// as Caddy's default is, answering long-polls logs nothing and asks the
+// logger nothing: even the level check costs a released request's stack.
 func TestNoRequestLinesAboveDebug(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		up := new(versioned)
@@ -390,7 +391,9 @@ func TestNoRequestLinesAboveDebug(t *testing.T) {
 		h := &Handler{Key: "test:" + t.Name() + ":{http.request.uri}"}
 		provision(t, newTestContext(t), h)
 		core, logs := observer.New(zapcore.InfoLevel)
-		h.useLogger(zap.New(core))
+		checks := &checkCounter{Core: core}
+		h.useLogger(zap.New(checks))
+		checks.n.Store(0) // useLogger asks once, at load
 		req, w, _ := prepare(t, http.MethodGet, "http://example.com/q", http.Header{"Prefer": {"wait=5"}})
 		if err := h.ServeHTTP(w, req, up); err != nil {
 			t.Fatal(err)
@@ -399,8 +402,25 @@ func TestNoRequestLinesAboveDebug(t *testing.T) {
 		if err := h.ServeHTTP(w, req, up); err != nil || w.Code != http.StatusNotModified {
 			t.Fatalf("held long-poll: %d, %v; want 304", w.Code, err)
 		}
-		if h.debug || logs.Len() != 0 {
-			t.Errorf("logger at info: debug %v, lines %v; want no debug and no line", h.debug, logs.All())
+		if h.debug || logs.Len() != 0 || checks.n.Load() != 0 {
+			t.Errorf("logger at info: debug %v, lines %v, %d level checks; want no debug, no line, no check",
+				h.debug, logs.All(), checks.n.Load())
 		}
 	})
+}
+
+// checkCounter is a zapcore.Core that counts the lines it is asked about.
+type checkCounter struct {
+	zapcore.Core
+	n atomic.Int64
+}
+
+func (c *checkCounter) Enabled(l zapcore.Level) bool {
+	c.n.Add(1)
+	return c.Core.Enabled(l)
+}
+
+func (c *checkCounter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	c.n.Add(1)
+	return c.Core.Check(e, ce)
 }

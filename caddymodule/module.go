@@ -142,6 +142,9 @@ type Handler struct {
 	logger  *zap.Logger
 	debug   bool // the logger takes debug lines: log each request
 	cleaned bool
+
+	prevLog            *zap.Logger // the hub's logger before this handler's
+	server, prevServer *string     // the hub's server name from this handler, and before it
 }
 
 // QueryParams names the query parameters that stand for `Prefer: wait=N`
@@ -176,10 +179,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.hub, h.poolKey = hb, key
 	h.gen = hb.gen.Add(1)
-	hb.log.Store(h.logger) // the hub logs where the newest config says
+	// The hub logs where the newest config says, and is listed under its
+	// server's name; Cleanup puts back the previous ones if this config
+	// never replaces the running one (a reload that fails).
+	h.prevLog = hb.log.Swap(h.logger)
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		name := srv.Name()
-		hb.server.Store(&name)
+		h.server = &name
+		h.prevServer = hb.server.Swap(h.server)
 	}
 	if !h.DisableMetrics {
 		if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
@@ -296,6 +303,13 @@ func (h *Handler) Cleanup() error {
 		return nil
 	}
 	h.cleaned = true
+	// After a reload that failed, the running config's handler is the
+	// newest again: the hub goes back to its logger and server name. After
+	// one that succeeded, the newer handler's are in place, and stay.
+	h.hub.log.CompareAndSwap(h.logger, h.prevLog)
+	if h.server != nil {
+		h.hub.server.CompareAndSwap(h.server, h.prevServer)
+	}
 	h.hub.retire(h.gen)
 	_, err := hubs.Delete(h.poolKey)
 	return err

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -42,15 +40,17 @@ type hub struct {
 	gen         atomic.Uint64
 	lastCapWarn atomic.Int64 // unix nanoseconds
 	stop        chan struct{}
-	// logger writes through the core of log, the logger of the newest
-	// handler: a hub outlives the config that made it, and its lines (an
-	// upstream failing, a config's watches detached) go where the running
-	// config's logging says.
-	logger  *zap.Logger
+	// log is the logger of the newest handler: a hub outlives the config
+	// that made it, and its lines (an upstream failing, a config's watches
+	// detached) go where the running config's logging says.
 	log     atomic.Pointer[zap.Logger]
+	id      uint64                 // tells hubs apart in listings
 	metrics bool                   // reported in the metrics
 	server  atomic.Pointer[string] // the name of its handlers' server, for the admin view
 }
+
+// hubIDs numbers hubs.
+var hubIDs atomic.Uint64
 
 // route is the path polls take through a config: the handler after a
 // longpoll handler, and its server.
@@ -71,10 +71,9 @@ const routeGrace = time.Second
 const exitCheckInterval = 200 * time.Millisecond
 
 func newHub(h *Handler, server string) (*hub, error) {
-	hb := &hub{group: h.Group, stop: make(chan struct{}), metrics: !h.DisableMetrics}
+	hb := &hub{group: h.Group, stop: make(chan struct{}), metrics: !h.DisableMetrics, id: hubIDs.Add(1)}
 	hb.log.Store(h.logger)
-	hb.logger = zap.New(followCore{cur: &hb.log}).Named(h.logger.Name())
-	opts := []longpoll.Option{longpoll.WithLogger(hb.logger)}
+	opts := []longpoll.Option{longpoll.WithLoggerFunc(hb.log.Load)}
 	if !h.DisableMetrics {
 		opts = append(opts, longpoll.WithObserver(pollObserver{metrics}))
 	}
@@ -119,7 +118,7 @@ func (hb *hub) watchExit() {
 func (hb *hub) retire(gen uint64) {
 	time.AfterFunc(routeGrace, func() {
 		if n := hb.engine.Detach(gen); n > 0 {
-			hb.logger.Info("watches of a replaced config detached: they poll again with their next request",
+			hb.log.Load().Info("watches of a replaced config detached: they poll again with their next request",
 				zap.Int("watches", n))
 		}
 	})
@@ -192,43 +191,3 @@ func (hb *hub) capWarning() bool {
 	last := hb.lastCapWarn.Load()
 	return now-last >= int64(capWarnEvery) && hb.lastCapWarn.CompareAndSwap(last, now)
 }
-
-// followCore is a zapcore.Core that writes through the core of the logger
-// cur points to when each line is logged, with fields added by With.
-type followCore struct {
-	cur    *atomic.Pointer[zap.Logger]
-	fields []zapcore.Field
-}
-
-func (c followCore) core() zapcore.Core {
-	co := c.cur.Load().Core()
-	if len(c.fields) > 0 {
-		co = co.With(c.fields)
-	}
-	return co
-}
-
-// Enabled implements zapcore.LevelEnabler.
-func (c followCore) Enabled(l zapcore.Level) bool { return c.cur.Load().Core().Enabled(l) }
-
-// With implements zapcore.Core.
-func (c followCore) With(fields []zapcore.Field) zapcore.Core {
-	return followCore{cur: c.cur, fields: append(slices.Clip(c.fields), fields...)}
-}
-
-// Check implements zapcore.Core: the current core adds itself to ce, so
-// that the entry is written by it.
-func (c followCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	return c.core().Check(e, ce)
-}
-
-// Write implements zapcore.Core.
-func (c followCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
-	return c.core().Write(e, fields)
-}
-
-// Sync implements zapcore.Core.
-func (c followCore) Sync() error { return c.cur.Load().Core().Sync() }
-
-// Interface guards
-var _ zapcore.Core = followCore{}

@@ -37,7 +37,7 @@ func (f FetcherFunc) Fetch(ctx context.Context, prev *Snapshot) (*Snapshot, erro
 // Engine keeps the watches, one per key. Create it with New.
 type Engine struct {
 	cfg      Config
-	logger   *zap.Logger
+	logger   func() *zap.Logger
 	observer Observer
 	active   atomic.Int64    // watches with subscribers
 	ctx      context.Context // ends at Close; parent of every poll
@@ -49,6 +49,10 @@ type Engine struct {
 	closed  bool
 }
 
+func nopLogger() *zap.Logger { return nop }
+
+var nop = zap.NewNop()
+
 // Option sets an optional collaborator of the engine.
 type Option func(*Engine)
 
@@ -57,7 +61,15 @@ type Option func(*Engine)
 // or recovers (warn) once per transition per watch, never per poll or per
 // subscriber; watches are named by Key.Short, never by their key.
 func WithLogger(l *zap.Logger) Option {
-	return func(e *Engine) { e.logger = l }
+	return func(e *Engine) { e.logger = func() *zap.Logger { return l } }
+}
+
+// WithLoggerFunc makes the engine log through the logger f returns when
+// each line is logged, for an engine that outlives the configuration whose
+// logging it should follow. f must be safe for concurrent use and return
+// quickly; it is called only to log.
+func WithLoggerFunc(f func() *zap.Logger) Option {
+	return func(e *Engine) { e.logger = f }
 }
 
 // New returns a running engine. It starts nothing until the first Subscribe.
@@ -67,7 +79,7 @@ func New(cfg Config, opts ...Option) (*Engine, error) {
 		return nil, fmt.Errorf("longpoll config: %w", err)
 	}
 	e := &Engine{
-		cfg: cfg, logger: zap.NewNop(),
+		cfg: cfg, logger: nopLogger,
 		watches: make(map[Key]*watch), topics: make(map[string]map[*watch]struct{}),
 	}
 	for _, o := range opts {
@@ -163,7 +175,7 @@ func (e *Engine) Close() error {
 		w.close()
 	}
 	e.cancel()
-	e.logger.Info("longpoll engine closed", zap.Int("watches", len(ws)))
+	e.logger().Info("longpoll engine closed", zap.Int("watches", len(ws)))
 	return nil
 }
 

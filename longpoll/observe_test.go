@@ -257,6 +257,9 @@ func TestStatsActiveAcrossRetireDetachClose(t *testing.T) {
 		time.Sleep(6 * time.Second) // past idle_ttl: the next subscriber probes again
 		b := subscribe(t, e, longpoll.KeyOf("pass"), pass)
 		synctest.Wait()
+		if st := e.Stats(); st != (longpoll.Stats{Watches: 1, Active: 2}) {
+			t.Errorf("pass-through watch replaced under a subscriber: %+v, want 1 watch kept, 2 active (old and new)", st)
+		}
 		a.Close()
 		b.Close()
 		if st := e.Stats(); st.Active != 0 || st.Watches != 1 {
@@ -285,9 +288,12 @@ func TestStatsActiveAcrossRetireDetachClose(t *testing.T) {
 		if st := e.Stats(); st.Active != 1 || st.Watches != 0 {
 			t.Errorf("closed with subscribers: %+v, want no watch kept and 1 active until they leave", st)
 		}
-		c.Close()
 		d.Close()
-		d.Close() // idempotent: counted once
+		d.Close() // idempotent: the watch keeps its other subscriber
+		if st := e.Stats(); st.Active != 1 {
+			t.Errorf("one of two subscribers closed twice: %+v, want 1 active", st)
+		}
+		c.Close()
 		if st := e.Stats(); st.Active != 0 {
 			t.Errorf("closed, every subscriber gone: %+v, want 0 active", st)
 		}

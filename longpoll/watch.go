@@ -401,7 +401,7 @@ func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struc
 func (w *watch) fetch(ctx context.Context, f Fetcher, prev *Snapshot) (snap *Snapshot, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			w.e.logger.Error("panic during poll", zap.String("watch", w.key.Short()),
+			w.e.logger().Error("panic during poll", zap.String("watch", w.key.Short()),
 				zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
 			snap, err = nil, &UpstreamError{Err: fmt.Errorf("panic during poll: %v", r)}
 		}
@@ -419,7 +419,7 @@ func (w *watch) uncacheable(err error, now time.Time) {
 	w.failures, w.notBefore, w.again = 0, time.Time{}, false
 	w.passUntil = now.Add(w.e.cfg.IdleTTL)
 	w.publish(&State{Passthrough: true, Since: now}, true)
-	if ce := w.e.logger.Check(zap.DebugLevel, "upstream response cannot be shared, passing requests through"); ce != nil {
+	if ce := w.e.logger().Check(zap.DebugLevel, "upstream response cannot be shared, passing requests through"); ce != nil {
 		ce.Write(zap.String("watch", w.key.Short()), zap.Error(err))
 	}
 }
@@ -447,14 +447,14 @@ func (w *watch) failed(err error) {
 	w.publish(&next, cur.Pending())
 	if w.failures == 1 {
 		// once per transition: the first failure of a run, never per poll
-		w.e.logger.Error("upstream poll failing", zap.String("watch", w.key.Short()),
+		w.e.logger().Error("upstream poll failing", zap.String("watch", w.key.Short()),
 			zap.String("topic", w.topic), zap.Error(err), zap.Duration("retry_in", d))
 	}
 }
 
 // logRecovered logs the end of a run of failed polls, once per run.
 func (w *watch) logRecovered() {
-	w.e.logger.Warn("upstream poll recovered", zap.String("watch", w.key.Short()),
+	w.e.logger().Warn("upstream poll recovered", zap.String("watch", w.key.Short()),
 		zap.String("topic", w.topic), zap.Int("failed_polls", w.failures))
 }
 
