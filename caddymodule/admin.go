@@ -127,6 +127,7 @@ func collectWatches(limit int) watchesView {
 	view := watchesView{Watches: []watchView{}}
 	view.Totals.Handlers = len(hbs)
 	top := make([]hubWatch, 0, min(2*limit, 1024))
+	var last *hubWatch // once top has been cut: the last watch kept
 	for _, hb := range hbs {
 		view.Totals.HeldRequests += hb.limiter.Held()
 		for info := range hb.engine.Watches() {
@@ -138,13 +139,16 @@ func collectWatches(limit int) watchesView {
 			if info.Failures > 0 {
 				view.Totals.Failing++
 			}
-			if limit == 0 {
-				continue
+			hw := hubWatch{hb, info}
+			if limit == 0 || last != nil && byWaiters(hw, *last) >= 0 {
+				continue // not listed: after the last watch kept
 			}
-			top = append(top, hubWatch{hb, info})
+			top = append(top, hw)
 			if len(top) >= 2*limit {
 				slices.SortFunc(top, byWaiters)
 				top = top[:limit]
+				kept := top[limit-1]
+				last = &kept
 			}
 		}
 	}
