@@ -105,7 +105,7 @@ func (a *AdminWatches) serveWatches(w http.ResponseWriter, r *http.Request) erro
 		}
 		limit = n
 	}
-	view := collectWatches(limit)
+	view := collectWatches(runningHubs(), limit)
 	w.Header().Set("Content-Type", "application/json")
 	if err := json.NewEncoder(w).Encode(view); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
@@ -113,10 +113,8 @@ func (a *AdminWatches) serveWatches(w http.ResponseWriter, r *http.Request) erro
 	return nil
 }
 
-// collectWatches describes the watches of every running hub, keeping the
-// limit with the most waiters. Only the watches listed are described in
-// full; the others cost a comparison each.
-func collectWatches(limit int) watchesView {
+// runningHubs returns the hubs of the pool.
+func runningHubs() []*hub {
 	var hbs []*hub
 	hubs.Range(func(_, v any) bool { // holds the pool's lock: only copy
 		if hb, ok := v.(*hub); ok {
@@ -124,6 +122,13 @@ func collectWatches(limit int) watchesView {
 		}
 		return true
 	})
+	return hbs
+}
+
+// collectWatches describes the watches of hbs, keeping the limit with the
+// most waiters. Only the watches listed are described in full; the others
+// cost a comparison each.
+func collectWatches(hbs []*hub, limit int) watchesView {
 	view := watchesView{Watches: []watchView{}}
 	view.Totals.Handlers = len(hbs)
 	top := make([]hubWatch, 0, min(2*limit, 1024))
