@@ -113,18 +113,6 @@ func (a *AdminWatches) serveWatches(w http.ResponseWriter, r *http.Request) erro
 	return nil
 }
 
-// runningHubs returns the hubs of the pool.
-func runningHubs() []*hub {
-	var hbs []*hub
-	hubs.Range(func(_, v any) bool { // holds the pool's lock: only copy
-		if hb, ok := v.(*hub); ok {
-			hbs = append(hbs, hb)
-		}
-		return true
-	})
-	return hbs
-}
-
 // collectWatches describes the watches of hbs, keeping the limit with the
 // most waiters. Only the watches listed are described in full; the others
 // cost a comparison each.
@@ -178,20 +166,17 @@ func byWaiters(a, b hubWatch) int {
 		bytes.Compare(a.info.Key[:], b.info.Key[:]), cmp.Compare(a.hb.id, b.hb.id))
 }
 
+// describe is the watch as the admin view shows it.
 func (hw hubWatch) describe() watchView {
-	server := ""
-	if s := hw.hb.server.Load(); s != nil {
-		server = *s
-	}
-	return describeWatch(hw.info, server, hw.hb.group, hw.hb.engine.Config().Interval.String())
-}
-
-func describeWatch(info longpoll.WatchInfo, server, group, interval string) watchView {
+	info := hw.info
 	v := watchView{
-		Watch: info.Key.Short(), Topic: info.Topic, Server: server, Group: group,
-		Waiters: info.Waiters, Interval: interval,
+		Watch: info.Key.Short(), Topic: info.Topic, Group: hw.hb.group,
+		Waiters: info.Waiters, Interval: hw.hb.engine.Config().Interval.String(),
 		LastPoll: info.LastPoll, LastChange: info.LastChange,
 		ConsecutiveErrors: info.Failures, ETag: info.ETag,
+	}
+	if s := hw.hb.server.Load(); s != nil {
+		v.Server = *s
 	}
 	if !info.LastPoll.IsZero() {
 		v.LastResult = info.LastResult.String()

@@ -85,10 +85,9 @@ func itLoad(t *testing.T, tc *caddytest.Tester, cfg string) {
 // over every longpoll engine of the process.
 func itHeld() int {
 	n := 0
-	hubs.Range(func(_, v any) bool {
-		n += v.(*hub).limiter.Held()
-		return true
-	})
+	for _, hb := range runningHubs() {
+		n += hb.limiter.Held()
+	}
 	return n
 }
 

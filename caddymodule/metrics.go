@@ -150,15 +150,14 @@ func (c gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	var held, active, all int
-	hubs.Range(func(_, v any) bool {
-		if hb, ok := v.(*hub); ok && hb.metrics {
+	for _, hb := range runningHubs() {
+		if hb.metrics {
 			st := hb.engine.Stats()
 			held += hb.limiter.Held()
 			active += st.Active
 			all += st.Watches
 		}
-		return true
-	})
+	}
 	ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(held))
 	ch <- prometheus.MustNewConstMetric(c.watches, prometheus.GaugeValue, float64(active), "active")
 	// a watch dropped while requests still held it is active, not kept

@@ -217,12 +217,11 @@ type groupNotifier string
 // Notify implements Notifier.
 func (g groupNotifier) Notify(topics []string) int {
 	n := 0
-	hubs.Range(func(_, v any) bool {
-		if hb := v.(*hub); g == "" || hb.group == string(g) {
+	for _, hb := range runningHubs() {
+		if g == "" || hb.group == string(g) {
 			n += hb.engine.Notify(topics)
 		}
-		return true
-	})
+	}
 	return n
 }
 

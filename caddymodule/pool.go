@@ -52,6 +52,19 @@ type hub struct {
 // hubIDs numbers hubs.
 var hubIDs atomic.Uint64
 
+// runningHubs returns the hubs of the pool, to visit them without holding
+// the pool's lock (which a reload waits for).
+func runningHubs() []*hub {
+	var hbs []*hub
+	hubs.Range(func(_, v any) bool {
+		if hb, ok := v.(*hub); ok {
+			hbs = append(hbs, hb)
+		}
+		return true
+	})
+	return hbs
+}
+
 // route is the path polls take through a config: the handler after a
 // longpoll handler, and its server.
 type route struct {
@@ -81,8 +94,7 @@ func newHub(h *Handler, server string) (*hub, error) {
 	if err != nil {
 		return nil, err
 	}
-	hb.engine = e
-	hb.server.Store(&server)
+	hb.engine = e // Provision gives it its server's name and its logger
 	go hb.watchExit()
 	h.logger.Info("longpoll engine started", zap.String("server", server),
 		zap.Duration("interval", time.Duration(h.Interval)), zap.Duration("max_wait", time.Duration(h.MaxWait)),

@@ -133,19 +133,25 @@ func (e *Engine) Subscribe(key Key, topic string, gen uint64, newFetcher func() 
 // generation puts the watch back in service. It returns the number of
 // watches detached.
 func (e *Engine) Detach(gen uint64) int {
-	e.mu.Lock()
-	ws := make([]*watch, 0, len(e.watches))
-	for _, w := range e.watches {
-		ws = append(ws, w)
-	}
-	e.mu.Unlock()
 	n := 0
-	for _, w := range ws {
+	for _, w := range e.list() {
 		if w.detach(gen) {
 			n++
 		}
 	}
 	return n
+}
+
+// list returns the engine's watches, for visiting them one at a time
+// without the engine's lock.
+func (e *Engine) list() []*watch {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ws := make([]*watch, 0, len(e.watches))
+	for _, w := range e.watches {
+		ws = append(ws, w)
+	}
+	return ws
 }
 
 // Len returns the number of watches the engine keeps, polling or idle.

@@ -108,13 +108,7 @@ type WatchInfo struct {
 // operator looking costs subscribers nothing but a short wait.
 func (e *Engine) Watches() iter.Seq[WatchInfo] {
 	return func(yield func(WatchInfo) bool) {
-		e.mu.Lock()
-		ws := make([]*watch, 0, len(e.watches))
-		for _, w := range e.watches {
-			ws = append(ws, w)
-		}
-		e.mu.Unlock()
-		for _, w := range ws {
+		for _, w := range e.list() {
 			if info, ok := w.info(); ok && !yield(info) {
 				return
 			}
