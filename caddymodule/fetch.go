@@ -103,12 +103,37 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 	}
 
 	if err := serve(f.route.next, rec, req); err != nil && !rec.TooLarge() {
+		if status := clientErrorStatus(err); status != 0 && !rec.Started() {
+			// file_server, error and other handlers report a missing or
+			// forbidden resource as an error rather than write it: it is
+			// a representation all the same, which a client may wait on
+			// until the resource appears.
+			rec.ErrorStatus(status)
+			return rec.Result(req.Header, prev)
+		}
 		if rec.Started() && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("%w: the response did not end within poll_timeout", longpoll.ErrUncacheable)
 		}
 		return nil, upstreamError(err)
 	}
 	return rec.Result(req.Header, prev)
+}
+
+// clientErrorStatus returns the status of a handler error that describes
+// the resource rather than a failure to reach it: a client error (4xx)
+// other than 408 and 429, which say "try again later". It returns 0 for
+// any other error.
+func clientErrorStatus(err error) int {
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) {
+		return 0
+	}
+	switch s := he.StatusCode; {
+	case s < 400 || s > 499, s == http.StatusRequestTimeout, s == http.StatusTooManyRequests:
+		return 0
+	default:
+		return s
+	}
 }
 
 // errAborted stands for a handler's panic with http.ErrAbortHandler, which

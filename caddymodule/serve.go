@@ -5,7 +5,6 @@ package caddymodule
 
 import (
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -221,8 +220,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return outcome, nil
 	}
 	repl.Set("http.longpoll.outcome", outcome)
-	writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
-	return outcome, nil
+	return outcome, writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
 }
 
 // finishOther answers from a state that has no representation for the
@@ -239,12 +237,20 @@ func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddy
 	case st.Failure != nil:
 		repl.Set("http.longpoll.outcome", outcomeError)
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(st.Failure.RetryAfter.Seconds()+0.5))))
-		return outcomeError, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("polling upstream: %w", st.Failure.Err))
+		return outcomeError, caddyhttp.Error(http.StatusBadGateway, pollFailure{st.Failure.Err})
 	}
 	repl.Set("http.longpoll.outcome", outcomeError)
 	w.Header().Set("Retry-After", "1")
 	return outcomeError, caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
 }
+
+// pollFailure is the error a request is answered with when the watch's
+// polls fail. It does not unwrap to the poll's error: caddyhttp.Error would
+// take the status of a HandlerError inside it (reverse_proxy's 504 for a
+// timeout, the 429 of an error directive) instead of the documented 502.
+type pollFailure struct{ err error }
+
+func (e pollFailure) Error() string { return "polling upstream: " + e.err.Error() }
 
 // reject answers a request over a cap.
 func (h *Handler) reject(w http.ResponseWriter, err error) error {
@@ -259,17 +265,29 @@ func (h *Handler) reject(w http.ResponseWriter, err error) error {
 	return caddyhttp.Error(status, err)
 }
 
-// writeSnapshot writes a representation.
-func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration, held bool) {
+// writeSnapshot writes a representation. One whose status the next handler
+// reported as an error (file_server's 404) is returned as that error, with
+// the representation's headers set, so that the server's error handling
+// (handle_errors) renders it as it would without this module.
+func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration, held bool) error {
 	copyHeader(w.Header(), s.Header, nil)
 	if held {
 		w.Header()["Preference-Applied"] = preferenceApplied(wait)
+	}
+	if s.ErrorStatus {
+		delete(w.Header(), "Content-Length") // the error handling writes the body
+		return caddyhttp.Error(s.Status, errErrorStatus)
 	}
 	w.WriteHeader(s.Status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(s.Body) // a client that left is no error of ours
 	}
+	return nil
 }
+
+// errErrorStatus is the error a representation made of the next handler's
+// error status is answered with.
+var errErrorStatus = errors.New("longpoll: the resource's status, as the next handler reported it")
 
 // copyHeader copies the fields of src (all, or those named in only) into
 // dst. The values are copied into one new array per response: handlers

@@ -71,8 +71,14 @@ func StripWait(prefer []string) []string {
 // uses): W/"x" matches "x". "*" matches any etag. Only the first MaxETags
 // entries are read, and reading stops at one that does not parse: entries
 // past either point match nothing. It does not allocate.
+//
+// An entry without quotes (If-None-Match: abc, common in hand-written
+// clients) is read as the tag "abc", with the suffix a compressing handler
+// may have appended removed, as QueryETag does: refusing it would answer
+// such a client at once, every time, and its loop would spin.
 func MatchETag(ifNoneMatch []string, etag string) bool {
 	etag = strings.TrimPrefix(etag, "W/")
+	opaque := strings.Trim(etag, `"`)
 	count := 0
 	for _, line := range ifNoneMatch {
 		rest := line
@@ -92,7 +98,7 @@ func MatchETag(ifNoneMatch []string, etag string) bool {
 			if count > MaxETags {
 				return false
 			}
-			if tag == etag {
+			if tag == opaque {
 				return true
 			}
 			rest = next
@@ -102,17 +108,44 @@ func MatchETag(ifNoneMatch []string, etag string) bool {
 }
 
 // scanETag reads one entity-tag from the start of s and returns its opaque
-// part (with the quotes) and the rest of s.
-func scanETag(s string) (tag, rest string, ok bool) {
+// part without the quotes, and the rest of s. An entry without quotes runs
+// to the next comma or space; it may not hold a quote.
+func scanETag(s string) (opaque, rest string, ok bool) {
 	s = strings.TrimPrefix(s, "W/")
-	if len(s) < 2 || s[0] != '"' {
+	if s == "" {
 		return "", "", false
+	}
+	if s[0] != '"' {
+		end := strings.IndexAny(s, ", \t")
+		if end < 0 {
+			end = len(s)
+		}
+		opaque, rest = s[:end], s[end:]
+		if strings.IndexByte(opaque, '"') >= 0 {
+			return "", "", false
+		}
+		return trimEncodingSuffix(opaque), rest, true
 	}
 	end := strings.IndexByte(s[1:], '"')
 	if end < 0 {
 		return "", "", false
 	}
-	return s[:end+2], s[end+2:], true
+	opaque, rest = s[1:end+1], s[end+2:]
+	if rest != "" && rest[0] != ',' && rest[0] != ' ' && rest[0] != '\t' {
+		return "", "", false // something stuck to the closing quote
+	}
+	return opaque, rest, true
+}
+
+// trimEncodingSuffix removes from one of this package's ETags (without
+// quotes) the suffix a compressing handler appended to it: Caddy's encode
+// turns "x" into "x-gzip", and undoes it only for quoted tags in
+// If-None-Match.
+func trimEncodingSuffix(v string) string {
+	if len(v) > etagLen && v[etagLen] == '-' {
+		return v[:etagLen]
+	}
+	return v
 }
 
 // QueryETag turns an ETag given as a query parameter, quoted or not, into an
@@ -122,11 +155,7 @@ func scanETag(s string) (tag, rest string, ok bool) {
 // client's version still matches.
 func QueryETag(v string) string {
 	weak := strings.HasPrefix(v, "W/")
-	v = strings.Trim(strings.TrimPrefix(v, "W/"), `"`)
-	if len(v) > etagLen && v[etagLen] == '-' {
-		v = v[:etagLen]
-	}
-	v = `"` + v + `"`
+	v = `"` + trimEncodingSuffix(strings.Trim(strings.TrimPrefix(v, "W/"), `"`)) + `"`
 	if weak {
 		v = "W/" + v
 	}

@@ -27,6 +27,7 @@ type Recorder struct {
 	body        bytes.Buffer
 	maxBody     int64
 	tooLarge    bool
+	errorStatus bool // the status was reported as an error, not written
 }
 
 // NewRecorder returns a Recorder that holds at most maxBody body bytes.
@@ -63,6 +64,18 @@ func (r *Recorder) Flush() {}
 // Started reports whether the response's header or body was written.
 func (r *Recorder) Started() bool { return r.wroteHeader }
 
+// ErrorStatus records a status that the handler reported as an error
+// instead of writing a response (Caddy's file_server answers a missing file
+// with a 404 error, for one), for a response that was not started: the
+// snapshot has that status, the headers set so far and no body, and its
+// ErrorStatus field set, so that the adapter answers it as an error too.
+func (r *Recorder) ErrorStatus(code int) {
+	if r.wroteHeader {
+		return
+	}
+	r.status, r.wroteHeader, r.errorStatus = code, true, true
+}
+
 // Result turns the recorded response into a Snapshot. reqHeader is the poll
 // request's header (for Vary); prev is the watch's current snapshot, which is
 // returned as is when the upstream answered 304 Not Modified, and whose body is
@@ -88,7 +101,7 @@ func (r *Recorder) Result(reqHeader http.Header, prev *Snapshot) (*Snapshot, err
 	case r.status >= 500 || r.status == http.StatusTooManyRequests || r.status == http.StatusRequestTimeout:
 		return nil, &UpstreamError{Status: r.status, RetryAfter: ParseRetryAfter(r.header.Get("Retry-After"), time.Now())}
 	}
-	s, err := NewSnapshot(r.status, r.header, r.body.Bytes(), reqHeader)
+	s, err := newSnapshot(r.status, r.errorStatus, r.header, r.body.Bytes(), reqHeader)
 	if err != nil {
 		return nil, err
 	}

@@ -26,6 +26,12 @@ type Snapshot struct {
 	Header http.Header
 	// Body is the full response body.
 	Body []byte
+	// ErrorStatus is set when the status was reported as an error by the
+	// handler that made the response rather than written (see
+	// Recorder.ErrorStatus): a delivery answers it as an error, so that
+	// the server's error handling renders it as it would without the
+	// module. The body is then empty.
+	ErrorStatus bool
 	// ETag is the strong validator clients see, quoted.
 	ETag string
 	// UpstreamETag and LastModified are the upstream's own validators,
@@ -65,6 +71,10 @@ var droppedHeaders = []string{
 // It returns an error wrapping ErrUncacheable for a response that must not
 // be shared: one that sets cookies, declares trailers or varies on everything.
 func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
+	return newSnapshot(status, false, header, body, reqHeader)
+}
+
+func newSnapshot(status int, errorStatus bool, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
 	if header == nil {
 		header = make(http.Header)
 	}
@@ -80,6 +90,7 @@ func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Hea
 	}
 	s := &Snapshot{
 		Status:       status,
+		ErrorStatus:  errorStatus,
 		Body:         body,
 		UpstreamETag: header.Get("Etag"),
 		LastModified: strongLastModified(header),
@@ -107,6 +118,9 @@ func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Hea
 func (s *Snapshot) computeETag() string {
 	h := sha256.New()
 	h.Write([]byte(strconv.Itoa(s.Status)))
+	if s.ErrorStatus {
+		h.Write([]byte("error")) // rendered by error handling, not written
+	}
 	h.Write([]byte{0})
 	for _, name := range hashedHeaders {
 		for _, v := range s.Header.Values(name) {
