@@ -5,11 +5,14 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -350,4 +353,38 @@ func (u *itUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		_, _ = io.WriteString(w, body)
 	}
+}
+
+// itLogFile returns the global option that sends the in-process Caddy's
+// logs to a file of the test's, in JSON, and a function that empties it
+// (before a step) and one that reads the entries whose message starts with
+// prefix, each as its fields ("level" and "msg" among them).
+func itLogFile(t *testing.T) (globals string, reset func(), entries func(prefix string) []map[string]any) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "caddy.log")
+	globals = fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel DEBUG\n\t}\n", file)
+	reset = func() {
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries = func(prefix string) []map[string]any {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []map[string]any
+		for line := range strings.Lines(string(data)) {
+			var e map[string]any
+			if json.Unmarshal([]byte(line), &e) != nil {
+				continue
+			}
+			if msg, _ := e["msg"].(string); strings.HasPrefix(msg, prefix) {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	reset()
+	return globals, reset, entries
 }

@@ -254,3 +254,32 @@ func TestIntegrationAdminWatches(t *testing.T) {
 		t.Errorf("POST /longpoll/watches: %d %s, want 405", status, body)
 	}
 }
+
+// TestIntegrationLogsLoopWithoutValidator runs the client loop a newcomer
+// writes by mistake: Prefer: wait, no If-None-Match, again and again. Each
+// request is answered at once; the one sign of it must be a log line, once
+// per watch, naming the watch by its short hash. A client's first request,
+// which never has a validator, must not cause it.
+func TestIntegrationLogsLoopWithoutValidator(t *testing.T) {
+	tc := itStart(t)
+	up := newItUpstream(t)
+	globals, _, entries := itLogFile(t)
+	itLoad(t, tc, itConfig(globals, itSite("interval 100ms", up)))
+	c, _ := itClient(t)
+
+	first := itMustSend(t, c, "GET", "/polite", "Prefer", "wait=30")
+	itMustSend(t, c, "GET", "/polite", "Prefer", "wait=1", "If-None-Match", first.Header.Get("Etag"))
+	for range 20 {
+		if r := itMustSend(t, c, "GET", "/spinning", "Prefer", "wait=30"); r.Status != http.StatusOK || r.Elapsed > 5*time.Second {
+			t.Fatalf("got %d after %v, want 200 at once", r.Status, r.Elapsed)
+		}
+	}
+	lines := entries("a client long-polls without If-None-Match")
+	if len(lines) != 1 {
+		t.Fatalf("got %d log lines about clients without a validator, want 1 (for /spinning only)", len(lines))
+	}
+	e := lines[0]
+	if e["level"] != "info" || e["topic"] != "/spinning" || !regexp.MustCompile(`^[0-9a-f]{8}$`).MatchString(fmt.Sprint(e["watch"])) {
+		t.Errorf("log line: got level %v, topic %v, watch %v; want info, /spinning and an 8-digit hash", e["level"], e["topic"], e["watch"])
+	}
+}

@@ -173,6 +173,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
+	warnUnreachable(ctx, h.logger)
 	hb, key, err := acquireHub(ctx, h)
 	if err != nil {
 		return fmt.Errorf("provisioning longpoll engine: %w", err)

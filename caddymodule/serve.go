@@ -99,7 +99,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	outcome, err := h.finish(w, r, next, repl, &end, &lp)
 	h.delivered(outcome, &end, sub)
+	if outcome == outcomeImmediate && len(lp.inm) == 0 {
+		h.askedWithoutVersion(sub, end.st, clientIP)
+	}
 	return err
+}
+
+// askedWithoutVersion notes a long-poll that named no version and was
+// answered at once, and logs, once per watch, that clients of the watch
+// loop that way: each such request is answered at once, and a loop that
+// never sends the ETag back spins.
+//
+//go:noinline
+func (h *Handler) askedWithoutVersion(sub *longpoll.Subscription, st *longpoll.State, clientIP string) {
+	if st.Snapshot == nil || !sub.AskedWithoutVersion(clientIP, st.Snapshot.ETag) {
+		return
+	}
+	h.logger.Info("a client long-polls without If-None-Match, again and again: each such request is answered at once, so its loop spins; the client must send the ETag it got back in If-None-Match",
+		zap.String("watch", sub.Key().Short()), zap.String("topic", sub.Topic()))
 }
 
 // longPoll is what a long-poll request asks for.
@@ -275,14 +292,23 @@ func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot,
 		w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	}
 	if s.ErrorStatus {
-		delete(w.Header(), "Content-Length") // the error handling writes the body
-		return caddyhttp.Error(s.Status, errErrorStatus)
+		return errorStatus(w, s)
 	}
 	w.WriteHeader(s.Status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(s.Body) // a client that left is no error of ours
 	}
 	return nil
+}
+
+// errorStatus answers a representation made of the next handler's error
+// status. It is a call of its own to keep writeSnapshot's frame small: the
+// answer path runs on stacks close to 8 KiB.
+//
+//go:noinline
+func errorStatus(w http.ResponseWriter, s *longpoll.Snapshot) error {
+	delete(w.Header(), "Content-Length") // the error handling writes the body
+	return caddyhttp.Error(s.Status, errErrorStatus)
 }
 
 // errErrorStatus is the error a representation made of the next handler's

@@ -89,6 +89,7 @@ type watch struct {
 	idleSince  time.Time // when the last subscriber left
 	passUntil  time.Time // a pass-through watch is probed again after this
 	gone       bool
+	spin       spinCheck // requests that named no version (spin.go)
 }
 
 func newWatch(e *Engine, key Key, topic string) *watch {
@@ -112,6 +113,9 @@ func (s *Subscription) State() *State { return s.w.state.Load() }
 
 // Key returns the key of the subscription's watch.
 func (s *Subscription) Key() Key { return s.w.key }
+
+// Topic returns the topic of the subscription's watch.
+func (s *Subscription) Topic() string { return s.w.topic }
 
 // Fresh returns a state no older than one poll interval, for a request
 // that is answered at once: it waits for the watch's first result, or for
