@@ -3,24 +3,22 @@
 # way xcaddy.md says. demo.sh and the load tool (loadtest/) both use it.
 set -euo pipefail
 cd "$(dirname "$0")"
+. ./progress.sh
 
 CADDY_VERSION=${CADDY_VERSION:-v2.11.9}
 XCADDY_VERSION=v0.4.5
 MODULE=github.com/caddy-longpoll/caddy-longpoll
-
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 
 # xcaddy: the one on PATH, or one built once from a scratch module.
 XCADDY=$(command -v xcaddy || true)
 if [ -z "$XCADDY" ]; then
 	XCADDY=${XDG_CACHE_HOME:-$HOME/.cache}/caddy-longpoll/xcaddy-$XCADDY_VERSION
 	if [ ! -x "$XCADDY" ]; then
-		say "building xcaddy $XCADDY_VERSION"
+		say "building xcaddy $XCADDY_VERSION (once)"
 		scratch=$(mktemp -d)
-		(cd "$scratch" && go mod init xcaddy-build >/dev/null 2>&1 &&
-			go get "github.com/caddyserver/xcaddy/cmd@$XCADDY_VERSION" &&
-			go build -o "$XCADDY" github.com/caddyserver/xcaddy/cmd/xcaddy)
+		quietly bash -c "cd '$scratch' && go mod init xcaddy-build &&
+			go get 'github.com/caddyserver/xcaddy/cmd@$XCADDY_VERSION' &&
+			go build -o '$XCADDY' github.com/caddyserver/xcaddy/cmd/xcaddy"
 		rm -rf "$scratch"
 	fi
 fi
@@ -31,8 +29,8 @@ fi
 proxy=$(go env GOPROXY | cut -d, -f1 | cut -d'|' -f1)
 case "$proxy" in off | direct) ;; *) export GOPROXY="$proxy|off" ;; esac
 
-say "building Caddy $CADDY_VERSION with the module from this checkout (first build: ~3 minutes)"
-CADDY_VERSION=$CADDY_VERSION "$XCADDY" build \
+say "building Caddy $CADDY_VERSION with the module from this checkout (first build: about 4 minutes)"
+CADDY_VERSION=$CADDY_VERSION quietly "$XCADDY" build \
 	--output ./caddy \
 	--with "$MODULE/caddymodule" \
 	--replace "$MODULE=."

@@ -1,31 +1,47 @@
 #!/usr/bin/env bash
 # demo.sh: the README's demo. It builds Caddy with this module from the
 # working tree with build.sh (as xcaddy.md says), checks Caddyfile.example with
-# `caddy validate` and `caddy fmt`, runs it over a scratch folder, and shows
-# with curl a request held and then released by a change to a file, and a
-# 304 Not Modified after the wait. It exits non-zero if anything is not as
-# shown, so CI runs it too.
+# `caddy validate` and `caddy fmt`, runs it over a scratch copy of demo/, and
+# shows with curl the README's session: a request held and then released by a
+# change to a file, and a 304 Not Modified after the wait; then what an
+# operator sees. It exits non-zero if anything is not as shown, so CI runs it
+# too.
 set -euo pipefail
 cd "$(dirname "$0")"
+. ./progress.sh
 
 BASE=http://localhost:8080
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
+# Caddyfile.example listens on port 8080 and its admin API on 2019, on the
+# loopback interface: another program there would answer in Caddy's place.
+for port in 8080 2019; do
+	for host in 127.0.0.1 ::1; do
+		if (: <>"/dev/tcp/$host/$port") 2>/dev/null; then
+			fail "port $port is in use on $host by another program (Caddyfile.example needs 8080 and 2019): stop it, then run ./demo.sh again"
+		fi
+	done
+done
 
 bash ./build.sh
+
+# The notify endpoint's secret is read from the environment when the config
+# loads ({env.LONGPOLL_NOTIFY_SECRET}), so that it is never written into the
+# config. The demo draws a random one for this run: it exists only here.
+LONGPOLL_NOTIFY_SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+export LONGPOLL_NOTIFY_SECRET
 
 say "checking Caddyfile.example"
 ./caddy validate --config Caddyfile.example --adapter caddyfile 2>/dev/null
 ./caddy fmt Caddyfile.example | diff -u Caddyfile.example - || fail "Caddyfile.example is not caddy fmt clean"
 
 scratch=$(mktemp -d)
-echo "version 1" >"$scratch/status.txt"
+cp -R demo/. "$scratch/"
 LONGPOLL_DEMO_ROOT=$scratch ./caddy run --config Caddyfile.example >"$scratch/caddy.log" 2>&1 &
 caddy_pid=$!
 trap 'kill $caddy_pid 2>/dev/null; wait $caddy_pid 2>/dev/null; rm -rf "$scratch"' EXIT
 for _ in $(seq 50); do
 	curl -fs -o /dev/null "$BASE/status.txt" && break
+	kill -0 $caddy_pid 2>/dev/null || break
 	sleep 0.2
 done
 curl -fs -o /dev/null "$BASE/status.txt" || { cat "$scratch/caddy.log"; fail "Caddy did not start"; }
@@ -34,13 +50,13 @@ etag_of() { tr -d '\r' <"$1" | sed -n 's/^[Ee][Tt]ag: //p'; }
 status_of() { head -n1 "$1" | cut -d' ' -f2; }
 
 say "1. a long-poll without If-None-Match is answered at once, with the current ETag"
-echo '$ curl -i -H "Prefer: wait=30" '"$BASE/status.txt"
+echo "\$ curl -i -H 'Prefer: wait=30' $BASE/status.txt"
 curl -si -H 'Prefer: wait=30' "$BASE/status.txt" | tee "$scratch/first"
 etag=$(etag_of "$scratch/first")
 [ -n "$etag" ] || fail "no ETag"
 
-say "2. with that ETag the request is held... (the file changes in 2 seconds)"
-echo '$ curl -i -H "Prefer: wait=30" -H '"'If-None-Match: $etag' $BASE/status.txt"
+say "2. with that ETag the request is held... (the demo edits the file 2 seconds later)"
+echo "\$ curl -i -H 'Prefer: wait=30' -H 'If-None-Match: $etag' $BASE/status.txt"
 curl -si -H 'Prefer: wait=30' -H "If-None-Match: $etag" -w '\n[held for %{time_total}s]\n' \
 	"$BASE/status.txt" >"$scratch/held" &
 held_pid=$!
@@ -56,12 +72,12 @@ etag2=$(etag_of "$scratch/held")
 [ "$etag2" != "$etag" ] || fail "the ETag did not change"
 
 say "3. ...and when nothing changes, the wait ends with 304 Not Modified"
-echo '$ curl -i -H "Prefer: wait=2" -H '"'If-None-Match: $etag2' $BASE/status.txt"
+echo "\$ curl -i -H 'Prefer: wait=2' -H 'If-None-Match: $etag2' $BASE/status.txt"
 curl -si -H 'Prefer: wait=2' -H "If-None-Match: $etag2" -w '\n[held for %{time_total}s]\n' \
 	"$BASE/status.txt" | tee "$scratch/timeout"
 [ "$(status_of "$scratch/timeout")" = 304 ] || fail "no 304 after the wait"
 
-say "4. what the operator sees: metrics and watches on the admin API, the access log"
+say "4. what the operator sees: metrics, watches, the access log, the module's log lines"
 echo '$ curl -s localhost:2019/metrics | grep ^caddy_longpoll_answers_total'
 curl -s localhost:2019/metrics | grep '^caddy_longpoll_answers_total' | tee "$scratch/metrics"
 for outcome in immediate changed timeout; do
@@ -75,5 +91,11 @@ echo '$ grep longpoll_outcome caddy.log  # the access log, a few of its fields'
 grep '"longpoll_outcome":"' "$scratch/caddy.log" |
 	grep -o '"uri":"[^"]*"\|"longpoll_[a-z]*":[^,}]*\|"status":[0-9]*' | paste -d' ' - - - - | tee "$scratch/access"
 grep -q '"longpoll_outcome":"changed"' "$scratch/access" || fail "the access log has no changed outcome"
+echo '$ grep http.handlers.longpoll caddy.log  # the module'"'"'s own lines: level and message'
+grep '"logger":"http.handlers.longpoll"' "$scratch/caddy.log" |
+	sed -n 's/.*"level":"\([a-z]*\)".*"msg":"\([^"]*\)".*/\1 \2/p' | tee "$scratch/module"
+grep -qx 'info longpoll engine started' "$scratch/module" || fail "the module's log has no start line"
+
+curl -s localhost:2019/config/ | grep -qF "$LONGPOLL_NOTIFY_SECRET" && fail "the notify secret is in the running config"
 
 say "demo passed"

@@ -294,7 +294,7 @@ const exampleLongpollBlock = `
 `
 
 // exampleJSON is Caddyfile.example adapted, with LONGPOLL_DEMO_ROOT set to
-// /srv/longpoll-demo. Durations are integer nanoseconds; the shorthand
+// /srv/longpoll-demo. It listens on loopback addresses only. Durations are integer nanoseconds; the shorthand
 // placeholders of the key are expanded by the Caddyfile adapter.
 const exampleJSON = `{
 	"admin": {
@@ -305,7 +305,8 @@ const exampleJSON = `{
 			"servers": {
 				"srv0": {
 					"listen": [
-						":8080"
+						"127.0.0.1:8080",
+						"[::1]:8080"
 					],
 					"routes": [
 						{
@@ -376,7 +377,7 @@ const exampleJSON = `{
 																{
 																	"group": "demo",
 																	"handler": "longpoll_notify",
-																	"secret": "demo-secret"
+																	"secret": "{env.LONGPOLL_NOTIFY_SECRET}"
 																}
 															]
 														}
@@ -431,9 +432,17 @@ const exampleJSON = `{
 // and to what the README says.
 func TestAdaptCaddyfileExample(t *testing.T) {
 	t.Setenv("LONGPOLL_DEMO_ROOT", "/srv/longpoll-demo")
+	// The secret is read when the config loads, never written into it:
+	// a value in the environment at adapt time must not reach the JSON
+	// (which Caddy saves to autosave.json and serves on GET /config/).
+	const secret = "sentinel-secret-value"
+	t.Setenv("LONGPOLL_NOTIFY_SECRET", secret)
 	src, err := os.ReadFile("../Caddyfile.example")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(src, nil); err != nil || strings.Contains(string(out), secret) {
+		t.Errorf("adapting Caddyfile.example: got the secret from the environment in the JSON (or error %v), want the {env.*} placeholder", err)
 	}
 	if !strings.Contains(string(src), exampleLongpollBlock) {
 		t.Errorf("Caddyfile.example: got no block equal to exampleLongpollBlock, want one (update the file and the test together)")
