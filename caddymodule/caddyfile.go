@@ -41,6 +41,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_body      <size>
 //		max_waiters   <n>
 //		max_waiters_per_client <n>
+//		max_watches   <n>
+//		max_watches_per_client <n>
+//		max_memory    <size>
 //		query_params  <wait-name> <etag-name>
 //		topic         <template...>
 //		group         <name>
@@ -67,6 +70,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, parseInt(d, &h.MaxWaiters)
 		case "max_waiters_per_client":
 			return true, parseInt(d, &h.MaxWaitersPerClient)
+		case "max_watches":
+			return true, parseInt(d, &h.MaxWatches)
+		case "max_watches_per_client":
+			return true, parseInt(d, &h.MaxWatchesPerClient)
+		case "max_memory":
+			return true, parseSize(d, &h.MaxMemory)
 		case "topic":
 			return true, joinedArgs(d, &h.Topic)
 		case "group":
@@ -176,6 +185,10 @@ func parseSize(d *caddyfile.Dispenser, dst *int64) error {
 	val, err := oneArg(d)
 	if err != nil {
 		return err
+	}
+	if val == "-1" && name == "max_memory" {
+		*dst = -1 // no bound
+		return nil
 	}
 	v, err := humanize.ParseBytes(val)
 	if err != nil || v == 0 || v > math.MaxInt64 {

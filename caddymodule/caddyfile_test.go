@@ -122,6 +122,28 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  Handler{MaxWaitersPerClient: 10},
 		},
 		{
+			name:  "max_watches",
+			input: "longpoll {\n\tmax_watches 50\n}",
+			want:  Handler{MaxWatches: 50},
+		},
+		{
+			name:  "max_watches_per_client",
+			input: "longpoll {\n\tmax_watches_per_client 8\n}",
+			want:  Handler{MaxWatchesPerClient: 8},
+		},
+		{
+			name:  "max_memory",
+			input: "longpoll {\n\tmax_memory 64MiB\n}",
+			want:  Handler{MaxMemory: 64 << 20},
+		},
+		{
+			name:  "max_memory -1 removes the bound",
+			input: "longpoll {\n\tmax_memory -1\n}",
+			want:  Handler{MaxMemory: -1},
+		},
+		{name: "max_memory not a size", input: "longpoll {\n\tmax_memory lots\n}", wantErr: "invalid max_memory 'lots'"},
+		{name: "max_watches_per_client twice", input: "longpoll {\n\tmax_watches_per_client 1\n\tmax_watches_per_client 2\n}", wantErr: "max_watches_per_client already specified"},
+		{
 			name:  "query_params",
 			input: "longpoll {\n\tquery_params w e\n}",
 			want:  Handler{QueryParams: &QueryParams{Wait: "w", ETag: "e"}},
@@ -142,6 +164,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_body 512KiB
 				max_waiters 100
 				max_waiters_per_client 5
+				max_watches 20
+				max_watches_per_client 3
+				max_memory 8MiB
 				query_params wait etag
 			}`,
 			want: Handler{
@@ -153,6 +178,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				MaxBody:             512 << 10,
 				MaxWaiters:          100,
 				MaxWaitersPerClient: 5,
+				MaxWatches:          20,
+				MaxWatchesPerClient: 3,
+				MaxMemory:           8 << 20,
 				QueryParams:         &QueryParams{Wait: "wait", ETag: "etag"},
 			},
 		},
@@ -282,6 +310,12 @@ const exampleLongpollBlock = `
 		max_waiters 10000
 		# The most held at once per client IP (429 beyond). Default: 0, no cap.
 		max_waiters_per_client 100
+		# The most watches polling at once (503 beyond). Default: 10000.
+		max_watches 10000
+		# The most watches one client IP holds requests on (429 beyond). Default: 64.
+		max_watches_per_client 64
+		# The most memory the watches hold; idle ones are dropped past it. Default: 256MiB.
+		max_memory 256MiB
 		# Query parameters for clients that cannot send headers. Default: off.
 		query_params wait etag
 		# The name longpoll_notify reaches a watch by. Default: the request path.
@@ -355,9 +389,12 @@ const exampleJSON = `{
 													"interval": 1000000000,
 													"key": "{http.request.host}{http.request.uri}",
 													"max_body": 1048576,
+													"max_memory": 268435456,
 													"max_wait": 55000000000,
 													"max_waiters": 10000,
 													"max_waiters_per_client": 100,
+													"max_watches": 10000,
+													"max_watches_per_client": 64,
 													"poll_timeout": 10000000000,
 													"query_params": {
 														"etag": "etag",

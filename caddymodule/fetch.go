@@ -6,7 +6,6 @@ package caddymodule
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
@@ -30,28 +29,29 @@ type fetcher struct {
 
 type ctxValue struct{ key, val any }
 
-// pollHeaders are removed from poll requests: the long-poll protocol's own
-// headers, the client's validators and ranges (a poll asks for the whole
-// current representation), and Accept-Encoding (polls ask for the identity
-// encoding; `encode`, in front of this handler, compresses per client).
+// pollHeaders are removed from poll requests: the client's validators and
+// ranges (a poll asks for the whole current representation),
+// Accept-Encoding (polls ask for the identity encoding; `encode`, in front
+// of this handler, compresses per client), and Prefer: besides the wait,
+// which is the module's, a waiter's other preferences (return=minimal, say)
+// would shape the one answer every waiter of the watch gets. Preferences
+// are hints an upstream may ignore: polls send none, and an upstream's
+// `Vary: Prefer` then has nothing to vary on.
 var pollHeaders = []string{
 	"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since",
-	"If-Range", "Range", "Accept-Encoding",
+	"If-Range", "Range", "Accept-Encoding", "Prefer",
 }
 
 // newFetcher builds the fetcher for a watch from its first waiter's
 // request. It runs on that request's goroutine, which owns r's vars.
 func newFetcher(r *http.Request, rt *route, maxBody int64) *fetcher {
+	// A HEAD long-poll polls with HEAD, in a watch of its own: the upstream
+	// never sees a request that the route would not have let through as
+	// it came (a GET where only HEAD was allowed).
 	tmpl := r.Clone(context.Background())
-	tmpl.Method = http.MethodGet // HEAD requests share the GET watch
 	tmpl.Body, tmpl.ContentLength, tmpl.GetBody = http.NoBody, 0, nil
 	for _, name := range pollHeaders {
 		delete(tmpl.Header, name)
-	}
-	if p := longpoll.StripWait(tmpl.Header.Values("Prefer")); len(p) > 0 {
-		tmpl.Header["Prefer"] = p
-	} else {
-		delete(tmpl.Header, "Prefer")
 	}
 
 	f := &fetcher{route: rt, tmpl: tmpl, maxBody: maxBody}
@@ -89,6 +89,9 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 		}
 	}
 	rec := longpoll.NewRecorder(f.maxBody)
+	if req.Method == http.MethodHead {
+		rec.ForHead()
+	}
 	repl := caddy.NewReplacer()
 	req = caddyhttp.PrepareRequest(req, repl, rec, f.route.server)
 	if vars, ok := req.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
@@ -111,13 +114,21 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 			rec.ErrorStatus(status)
 			return rec.Result(req.Header, prev)
 		}
-		if rec.Started() && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("%w: the response did not end within poll_timeout", longpoll.ErrUncacheable)
-		}
 		return nil, upstreamError(err)
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// An upstream that stalls, before its headers or after them, or
+		// sends its body slowly, has failed this poll, whatever it wrote:
+		// the watch backs off, as for any failure. Passing its waiters
+		// through instead would send each of them to that upstream.
+		return nil, &longpoll.UpstreamError{Status: http.StatusGatewayTimeout, Err: errPollTimeout}
 	}
 	return rec.Result(req.Header, prev)
 }
+
+// errPollTimeout is the failure of a poll that did not end within
+// poll_timeout.
+var errPollTimeout = errors.New("no complete response within poll_timeout")
 
 // clientErrorStatus returns the status of a handler error that describes
 // the resource rather than a failure to reach it: a client error (4xx)

@@ -17,11 +17,12 @@ import (
 
 // requestKey is the key of the watch that serves r.
 func (h *Handler) requestKey(r *http.Request, repl *caddy.Replacer) longpoll.Key {
+	// GET and HEAD long-polls never share a watch, whatever the key says:
+	// each is polled with its own method.
 	if h.Key != "" {
-		return longpoll.KeyOf("key", repl.ReplaceAll(h.Key, ""))
+		return longpoll.KeyOf("key", r.Method, repl.ReplaceAll(h.Key, ""))
 	}
-	// HEAD requests share the GET watch: a HEAD is a GET without the body.
-	return longpoll.KeyOf("GET", r.Host, r.URL.EscapedPath(), r.URL.RawQuery,
+	return longpoll.KeyOf(r.Method, r.Host, r.URL.EscapedPath(), r.URL.RawQuery,
 		strings.Join(r.Header.Values("Authorization"), "\n"),
 		strings.Join(r.Header.Values("Cookie"), "\n"))
 }

@@ -34,6 +34,9 @@ type metricSet struct {
 	heldVec      *prometheus.HistogramVec
 	byOutcome    map[string]outcomeMetrics
 	delivery     prometheus.Histogram
+	rejectedVec  *prometheus.CounterVec
+	byCap        map[string]prometheus.Counter
+	evicted      prometheus.Counter
 	gauges       gaugeCollector
 }
 
@@ -69,13 +72,27 @@ func newMetricSet() *metricSet {
 			Help:    "Time from the poll that found a change to the held request's answer being written.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
+		rejectedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "rejected_total",
+			Help: "Long-poll requests rejected, by the cap they were over: max_waiters, max_watches (503), max_waiters_per_client, max_watches_per_client (429).",
+		}, []string{"cap"}),
+		byCap: make(map[string]prometheus.Counter, len(capNames)),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "watches_evicted_total",
+			Help: "Idle watches dropped before their idle_ttl to keep within max_memory.",
+		}),
 		byOutcome: make(map[string]outcomeMetrics, len(outcomes)),
 		gauges: gaugeCollector{
 			held: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "held_requests"),
 				"Long-poll requests held now (admitted, not yet answered).", nil, nil),
 			watches: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "watches"),
 				"Watches kept, by state: active (polling for held requests) or idle (kept warm for idle_ttl).", []string{"state"}, nil),
+			bytes: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "watch_bytes"),
+				"Memory the watches hold (representations, and about 1 KiB a watch), as counted against max_memory.", nil, nil),
 		},
+	}
+	for _, c := range capNames {
+		m.byCap[c] = m.rejectedVec.WithLabelValues(c)
 	}
 	// Every series exists from the start, at zero, so that rates and
 	// ratios need no special case for a series not yet seen.
@@ -96,7 +113,7 @@ func newMetricSet() *metricSet {
 // it) is no error.
 func (m *metricSet) register(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.pollsVec, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.gauges} {
+	for _, c := range []prometheus.Collector{m.pollsVec, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.gauges} {
 		var already prometheus.AlreadyRegisteredError
 		if err := reg.Register(c); err != nil && !errors.As(err, &already) {
 			errs = append(errs, err)
@@ -123,6 +140,13 @@ func (m *metricSet) answered(outcome string, end *holdEnd) {
 	}
 }
 
+// rejected counts a request rejected by the cap named c.
+func (m *metricSet) rejected(c string) {
+	if n, ok := m.byCap[c]; ok {
+		n.Inc()
+	}
+}
+
 // pollObserver reports an engine's polls.
 type pollObserver struct{ m *metricSet }
 
@@ -134,31 +158,38 @@ func (o pollObserver) Polled(r longpoll.PollResult, took time.Duration) {
 	o.m.pollDuration.Observe(took.Seconds())
 }
 
+// Evicted implements longpoll.Observer.
+func (o pollObserver) Evicted(n int) { o.m.evicted.Add(float64(n)) }
+
 // gaugeCollector reports the held requests and watches of every running
 // hub with metrics on, read when the metrics are scraped: nothing is counted
 // on the request path, and a gauge cannot drift from what it measures.
 type gaugeCollector struct {
-	held, watches *prometheus.Desc
+	held, watches, bytes *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
 func (c gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.held
 	ch <- c.watches
+	ch <- c.bytes
 }
 
 // Collect implements prometheus.Collector.
 func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	var held, active, all int
+	var bytes int64
 	for _, hb := range runningHubs() {
 		if hb.metrics {
 			st := hb.engine.Stats()
 			held += hb.limiter.Held()
 			active += st.Active
 			all += st.Watches
+			bytes += st.Bytes
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(held))
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(bytes))
 	ch <- prometheus.MustNewConstMetric(c.watches, prometheus.GaugeValue, float64(active), "active")
 	// a watch dropped while requests still held it is active, not kept
 	ch <- prometheus.MustNewConstMetric(c.watches, prometheus.GaugeValue, float64(max(all-active, 0)), "idle")

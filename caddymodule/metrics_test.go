@@ -255,7 +255,8 @@ func TestMetricsRegistration(t *testing.T) {
 			names = append(names, mf.GetName())
 		}
 		want := "caddy_longpoll_answers_total caddy_longpoll_change_to_answer_seconds caddy_longpoll_held_requests " +
-			"caddy_longpoll_held_seconds caddy_longpoll_poll_duration_seconds caddy_longpoll_polls_total caddy_longpoll_watches"
+			"caddy_longpoll_held_seconds caddy_longpoll_poll_duration_seconds caddy_longpoll_polls_total caddy_longpoll_rejected_total " +
+			"caddy_longpoll_watch_bytes caddy_longpoll_watches caddy_longpoll_watches_evicted_total"
 		if got := strings.Join(names, " "); got != want {
 			t.Errorf("round %d: families %s, want %s", round, got, want)
 		}
@@ -311,7 +312,7 @@ func TestMetricsOutcomes(t *testing.T) {
 		run  func(t *testing.T, h *Handler, up *versioned, etag string) *caddy.Replacer
 	}{
 		{name: "rejected", want: outcomeRejected, run: func(t *testing.T, h *Handler, up *versioned, etag string) *caddy.Replacer {
-			ticket, err := h.hub.limiter.Acquire("", 1, 0) // the one place max_waiters 1 allows
+			ticket, err := h.hub.limiter.Acquire("", longpoll.KeyOf("x"), longpoll.Caps{Total: 1}) // the one place max_waiters 1 allows
 			if err != nil {
 				t.Fatal(err)
 			}

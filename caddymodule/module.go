@@ -27,9 +27,12 @@ func init() {
 
 // Defaults of the handler's settings.
 const (
-	DefaultMaxWait    = 55 * time.Second
-	DefaultMaxBody    = 1 << 20
-	DefaultMaxWaiters = 10000
+	DefaultMaxWait             = 55 * time.Second
+	DefaultMaxBody             = 1 << 20
+	DefaultMaxWaiters          = 10000
+	DefaultMaxWatches          = 10000
+	DefaultMaxWatchesPerClient = 64
+	DefaultMaxMemory           = 256 << 20
 )
 
 // Handler holds long-poll requests until the resource they watch changes.
@@ -114,6 +117,32 @@ type Handler struct {
 	// answered `429 Too Many Requests` with `Retry-After`. Many clients can
 	// share an address behind NAT, so there is no cap by default: `0`.
 	MaxWaitersPerClient int `json:"max_waiters_per_client,omitempty"`
+
+	// The most watches (distinct keys) one client address holds requests
+	// on at once. Each watch polls the upstream every `interval`, so one
+	// client holding requests on many keys (distinct query strings, say)
+	// would make the upstream pay per key. Past it, long-poll requests on
+	// another key are answered `429 Too Many Requests` with `Retry-After`.
+	// A browser never comes near the default; raise it for clients that
+	// share an address (behind NAT, or a proxy that `trusted_proxies` does
+	// not name). A negative value removes the cap. Default: `64`.
+	MaxWatchesPerClient int `json:"max_watches_per_client,omitempty"`
+
+	// The most watches polling at once (those with held requests): the
+	// upstream gets at most `max_watches` requests per `interval` from
+	// this handler. Past it, a long-poll request that would start a watch
+	// is answered `503 Service Unavailable` with `Retry-After`. A negative
+	// value removes the cap. Default: `10000`.
+	MaxWatches int `json:"max_watches,omitempty"`
+
+	// The most memory, in bytes, the handler's watches may hold: the
+	// representations they keep (bodies up to `max_body`) and about 1 KiB
+	// per watch. Past it, idle watches (kept for `idle_ttl` after their
+	// last client) are dropped, the longest idle first; a representation
+	// that the watches with held requests leave no room for is not kept,
+	// and its watch passes its requests through. A negative value removes
+	// the bound. Default: 256 MiB.
+	MaxMemory int64 `json:"max_memory,omitempty"`
 
 	// The topic of a request's watch, as a template of placeholders: the
 	// name under which `longpoll_notify` reaches it. Many keys (one per
@@ -226,6 +255,15 @@ func (h *Handler) applyDefaults() {
 	if h.MaxWaiters == 0 {
 		h.MaxWaiters = DefaultMaxWaiters
 	}
+	if h.MaxWatches == 0 {
+		h.MaxWatches = DefaultMaxWatches
+	}
+	if h.MaxWatchesPerClient == 0 {
+		h.MaxWatchesPerClient = DefaultMaxWatchesPerClient
+	}
+	if h.MaxMemory == 0 {
+		h.MaxMemory = DefaultMaxMemory
+	}
 }
 
 // Validate checks the settings; errors name the JSON key.
@@ -243,6 +281,8 @@ func (h *Handler) Validate() error {
 	check(h.IdleTTL < 0, "idle_ttl must not be negative, got %v", time.Duration(h.IdleTTL))
 	check(h.PollTimeout <= 0, "poll_timeout must be positive, got %v", time.Duration(h.PollTimeout))
 	check(h.MaxBody <= 0, "max_body must be positive, got %d", h.MaxBody)
+	check(h.MaxMemory > 0 && h.MaxMemory < h.MaxBody,
+		"max_memory (%d) must be at least max_body (%d), or no representation fits", h.MaxMemory, h.MaxBody)
 	check(h.MaxWaitersPerClient < 0, "max_waiters_per_client must not be negative, got %d", h.MaxWaitersPerClient)
 	if h.Key != "" {
 		if err := checkKeyTemplate(h.Key); err != nil {
@@ -322,6 +362,8 @@ func (h *Handler) engineConfig() longpoll.Config {
 		Interval:    time.Duration(h.Interval),
 		IdleTTL:     time.Duration(h.IdleTTL),
 		PollTimeout: time.Duration(h.PollTimeout),
+		MaxMemory:   h.MaxMemory,
+		MaxActive:   h.MaxWatches,
 	}
 }
 

@@ -73,6 +73,8 @@ func TestValidate(t *testing.T) {
 		{name: "negative poll_timeout", h: Handler{PollTimeout: -s}, wantErr: []string{"poll_timeout must be positive"}},
 		{name: "negative max_body", h: Handler{MaxBody: -1}, wantErr: []string{"max_body must be positive"}},
 		{name: "negative max_waiters_per_client", h: Handler{MaxWaitersPerClient: -1}, wantErr: []string{"max_waiters_per_client must not be negative"}},
+		{name: "negative caps and budget remove them", h: Handler{MaxWatches: -1, MaxWatchesPerClient: -1, MaxMemory: -1}},
+		{name: "max_memory below max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 1 << 20}, wantErr: []string{"max_memory (1048576) must be at least max_body (2097152)"}},
 		// A key that resolves to the same string for every request would make
 		// different resources share one response: a Caddyfile shorthand in
 		// JSON (unknown there, so replaced by "") or no placeholder at all.
@@ -130,6 +132,11 @@ func TestProvisionDefaults(t *testing.T) {
 		{"max_body", h.MaxBody, int64(1 << 20)},
 		{"max_waiters", h.MaxWaiters, 10000},
 		{"max_waiters_per_client", h.MaxWaitersPerClient, 0},
+		{"max_watches_per_client", h.MaxWatchesPerClient, 64},
+		{"max_watches", h.MaxWatches, 10000},
+		{"max_memory", h.MaxMemory, int64(256 << 20)},
+		{"engine max_memory", h.hub.engine.Config().MaxMemory, int64(256 << 20)},
+		{"engine max_watches", h.hub.engine.Config().MaxActive, 10000},
 		{"engine interval", h.hub.engine.Config().Interval, time.Second},
 		{"engine idle_ttl", h.hub.engine.Config().IdleTTL, 30 * time.Second},
 		{"engine poll_timeout", h.hub.engine.Config().PollTimeout, 10 * time.Second},
@@ -148,14 +155,16 @@ func TestProvisionKeepsSettings(t *testing.T) {
 	h := &Handler{
 		Interval: 2 * s, MaxWait: 20 * s, IdleTTL: 7 * s, PollTimeout: 3 * s,
 		Key: "test:" + t.Name() + ":{http.request.uri}", MaxBody: 5, MaxWaiters: -1, MaxWaitersPerClient: 4,
+		MaxWatchesPerClient: 9, MaxWatches: 11, MaxMemory: 4096,
 	}
 	want := *h
 	provision(t, newTestContext(t), h)
 	if got := exportedJSON(t, h); got != exportedJSON(t, &want) {
 		t.Errorf("after Provision: got %s, want %s", got, exportedJSON(t, &want))
 	}
-	wantCfg := longpoll.Config{Interval: 2 * time.Second, IdleTTL: 7 * time.Second, PollTimeout: 3 * time.Second}
-	if got := h.hub.engine.Config(); got.Interval != wantCfg.Interval || got.IdleTTL != wantCfg.IdleTTL || got.PollTimeout != wantCfg.PollTimeout {
+	wantCfg := longpoll.Config{Interval: 2 * time.Second, IdleTTL: 7 * time.Second, PollTimeout: 3 * time.Second, MaxMemory: 4096, MaxActive: 11}
+	if got := h.hub.engine.Config(); got.Interval != wantCfg.Interval || got.IdleTTL != wantCfg.IdleTTL || got.PollTimeout != wantCfg.PollTimeout ||
+		got.MaxMemory != wantCfg.MaxMemory || got.MaxActive != wantCfg.MaxActive {
 		t.Errorf("engine config: got %+v, want %+v", got, wantCfg)
 	}
 }

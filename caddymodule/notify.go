@@ -66,8 +66,9 @@ const (
 type NotifyHandler struct {
 	// The bearer token clients must send (`Authorization: Bearer <secret>`),
 	// compared in constant time. Placeholders are expanded once at load,
-	// so `{env.LONGPOLL_NOTIFY_SECRET}` keeps it out of the config. Required
-	// unless `no_secret` is set.
+	// so `{env.LONGPOLL_NOTIFY_SECRET}` keeps it out of the config; one
+	// that expands to nothing is an error. Write a literal brace as `\{`.
+	// Required unless `no_secret` is set.
 	Secret string `json:"secret,omitempty"`
 
 	// Accept notifications without a secret, for an endpoint that is
@@ -90,11 +91,39 @@ func (NotifyHandler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision expands the secret's placeholders.
+// Provision expands the secret's placeholders, refusing one that expands
+// to nothing: an unset environment variable, or a literal brace taken for a
+// placeholder, would otherwise shorten the secret in silence.
 func (n *NotifyHandler) Provision(ctx caddy.Context) error {
 	n.logger = ctx.Logger()
-	n.secret = []byte(caddy.NewReplacer().ReplaceAll(n.Secret, ""))
+	repl := caddy.NewReplacer()
+	for _, ph := range placeholders(n.Secret) {
+		if repl.ReplaceAll(ph, "") == "" {
+			return fmt.Errorf("secret: the placeholder %s expands to nothing (an environment variable not set?); write a literal brace as \\{ or \\}", ph)
+		}
+	}
+	n.secret = []byte(repl.ReplaceAll(n.Secret, ""))
 	return nil
+}
+
+// placeholders returns the placeholders of s, braces included, leaving out
+// braces escaped with a backslash, as Caddy's replacer does.
+func placeholders(s string) []string {
+	var out []string
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '\\':
+			i++ // the next character is literal
+		case s[i] == '{':
+			end := strings.IndexByte(s[i:], '}')
+			if end < 0 {
+				return out
+			}
+			out = append(out, s[i:i+end+1])
+			i += end
+		}
+	}
+	return out
 }
 
 // Validate refuses an endpoint without a secret unless no_secret says so.

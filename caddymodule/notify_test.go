@@ -46,31 +46,41 @@ func TestNotifyCaddyfile(t *testing.T) {
 }
 
 // TestNotifyValidate checks that an endpoint without a secret refuses to
-// load unless no_secret says so, and that a secret from an unset
-// environment variable is refused rather than accepting an empty token.
+// load unless no_secret says so, and that a secret any placeholder of which
+// expands to nothing (an unset environment variable, a literal brace) is
+// refused rather than shortened in silence: "p{env.UNSET}" must not accept
+// the token "p".
 func TestNotifyValidate(t *testing.T) {
 	t.Setenv("LONGPOLL_TEST_SECRET", "s3cret")
 	tests := []struct {
-		name    string
-		h       NotifyHandler
-		wantErr string
+		name       string
+		h          NotifyHandler
+		wantErr    string
+		wantSecret string // the expanded secret, when it loads
 	}{
-		{"secret", NotifyHandler{Secret: "literal"}, ""},
-		{"secret from env", NotifyHandler{Secret: "{env.LONGPOLL_TEST_SECRET}"}, ""},
-		{"no_secret", NotifyHandler{NoSecret: true}, ""},
-		{"neither", NotifyHandler{}, "secret is required"},
-		{"both", NotifyHandler{Secret: "x", NoSecret: true}, "exclusive"},
-		{"unset env", NotifyHandler{Secret: "{env.LONGPOLL_TEST_UNSET}"}, "expands to nothing"},
+		{"secret", NotifyHandler{Secret: "literal"}, "", "literal"},
+		{"secret from env", NotifyHandler{Secret: "{env.LONGPOLL_TEST_SECRET}"}, "", "s3cret"},
+		{"env inside a literal", NotifyHandler{Secret: "a-{env.LONGPOLL_TEST_SECRET}-b"}, "", "a-s3cret-b"},
+		{"no_secret", NotifyHandler{NoSecret: true}, "", ""},
+		{"neither", NotifyHandler{}, "secret is required", ""},
+		{"both", NotifyHandler{Secret: "x", NoSecret: true}, "exclusive", ""},
+		{"unset env", NotifyHandler{Secret: "{env.LONGPOLL_TEST_UNSET}"}, "{env.LONGPOLL_TEST_UNSET} expands to nothing", ""},
+		{"unset env after a literal", NotifyHandler{Secret: "p{env.LONGPOLL_TEST_UNSET}"}, "{env.LONGPOLL_TEST_UNSET} expands to nothing", ""},
+		{"a literal brace", NotifyHandler{Secret: "p{abc}q"}, "{abc} expands to nothing", ""},
+		{"an escaped brace", NotifyHandler{Secret: `p\{abc\}q`}, "", "p{abc}q"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := tt.h
-			if err := h.Provision(newTestContext(t)); err != nil {
-				t.Fatal(err)
+			err := h.Provision(newTestContext(t))
+			if err == nil {
+				err = h.Validate()
 			}
-			err := h.Validate()
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
-				t.Errorf("Validate(%+v) = %v, want %q", tt.h, err, tt.wantErr)
+				t.Fatalf("loading %+v: got %v, want %q", tt.h, err, tt.wantErr)
+			}
+			if err == nil && string(h.secret) != tt.wantSecret {
+				t.Errorf("loading %+v: got the secret %q, want %q", tt.h, h.secret, tt.wantSecret)
 			}
 		})
 	}

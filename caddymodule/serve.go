@@ -4,7 +4,9 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -56,37 +58,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	ticket, err := h.hub.limiter.Acquire(clientIP, h.MaxWaiters, h.MaxWaitersPerClient)
-	if err != nil {
+	ticket, sub, err := h.admit(r, next, repl, clientIP)
+	switch {
+	case errors.Is(err, longpoll.ErrClosed):
+		// the engine closed under an old config's handler: serve directly
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.delivered(outcomePassthrough, nil, nil)
+		return next.ServeHTTP(w, r)
+	case err != nil:
 		repl.Set("http.longpoll.outcome", outcomeRejected)
 		h.delivered(outcomeRejected, nil, nil)
 		return h.reject(w, err)
 	}
 	// The ticket and the subscription are given back before the answer is
-	// written, or by this defer if join or wait panics.
-	var sub *longpoll.Subscription
+	// written, or by this defer if wait panics.
 	left := false
 	defer func() {
 		if !left {
-			if sub != nil {
-				sub.Close()
-			}
+			sub.Close()
 			ticket.Release()
 		}
 	}()
-	sub = h.join(r, next, repl)
-	if sub == nil {
-		// the engine closed under an old config's handler: serve directly
-		left = true
-		ticket.Release()
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		h.delivered(outcomePassthrough, nil, nil)
-		return next.ServeHTTP(w, r)
-	}
 	end := h.wait(r, sub, &lp)
 	left = true
 	sub.Close()
 	ticket.Release()
+	if end.st != nil && end.st.Closed && !caddy.Exiting() {
+		h.spreadAnswer(r)
+	}
 
 	repl.Set("http.longpoll.wait", int(lp.wait/time.Second))
 	if end.held {
@@ -135,10 +134,19 @@ func (h *Handler) fitWait(w http.ResponseWriter, r *http.Request, lp *longPoll) 
 	return lp.wait > 0
 }
 
-// join subscribes the request to the watch of its key, or returns nil if
-// the engine has closed.
-func (h *Handler) join(r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) *longpoll.Subscription {
-	sub, err := h.hub.engine.Subscribe(h.requestKey(r, repl), h.requestTopic(r, repl), h.gen, func() longpoll.Fetcher {
+// admit checks the request against the caps and subscribes it to the
+// watch of its key. The error is one of the caps' (the request is to be
+// rejected), or longpoll.ErrClosed if the engine has closed; with an error,
+// nothing is held.
+func (h *Handler) admit(r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, clientIP string) (longpoll.Ticket, *longpoll.Subscription, error) {
+	key := h.requestKey(r, repl)
+	ticket, err := h.hub.limiter.Acquire(clientIP, key, longpoll.Caps{
+		Total: h.MaxWaiters, PerClient: h.MaxWaitersPerClient, WatchesPerClient: h.MaxWatchesPerClient,
+	})
+	if err != nil {
+		return ticket, nil, err
+	}
+	sub, err := h.hub.engine.Subscribe(key, h.requestTopic(r, repl), h.gen, func() longpoll.Fetcher {
 		// Called when a watch is made, or when this request is the first
 		// for the watch's key through a newer config: from then on the
 		// watch polls through this handler's route.
@@ -146,9 +154,26 @@ func (h *Handler) join(r *http.Request, next caddyhttp.Handler, repl *caddy.Repl
 		return newFetcher(r, &route{next: next, server: srv}, h.MaxBody)
 	})
 	if err != nil {
-		return nil
+		ticket.Release()
+		return longpoll.Ticket{}, nil, err
 	}
-	return sub
+	return ticket, sub, nil
+}
+
+// replaceSpread is how long the answers of held requests are spread over
+// when their engine is replaced by a reload: answered all at once, they
+// would all come back at once, into the listeners the reload hands over.
+const replaceSpread = 3 * time.Second
+
+// spreadAnswer waits a random part of replaceSpread, or until the client
+// leaves.
+//
+//go:noinline
+func (h *Handler) spreadAnswer(r *http.Request) {
+	select {
+	case <-h.hub.deadlines.After(rand.N(replaceSpread)):
+	case <-r.Context().Done():
+	}
 }
 
 // holdEnd is how a long-poll request's wait ended.
@@ -219,7 +244,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 ) (string, error) {
 	st := end.st
 	if st.Passthrough || st.Failure != nil || st.Snapshot == nil || !st.Snapshot.VaryMatches(r.Header) {
-		return h.finishOther(w, r, next, repl, st)
+		return h.finishOther(w, r, next, repl, end, lp)
 	}
 	outcome := outcomeImmediate
 	switch {
@@ -243,14 +268,15 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // finishOther answers from a state that has no representation for the
 // request: the upstream's failure, or the next handler.
 func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
-	repl *caddy.Replacer, st *longpoll.State,
+	repl *caddy.Replacer, end *holdEnd, lp *longPoll,
 ) (string, error) {
+	st := end.st
 	ended := st.Closed || st.Detached
 	switch {
 	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
 		ended && st.Snapshot == nil && st.Failure == nil:
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		return outcomePassthrough, next.ServeHTTP(w, r)
+		return outcomePassthrough, h.passOn(w, r, next, lp.wait-end.heldFor+time.Duration(h.PollTimeout))
 	case st.Failure != nil:
 		repl.Set("http.longpoll.outcome", outcomeError)
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(st.Failure.RetryAfter.Seconds()+0.5))))
@@ -261,6 +287,16 @@ func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddy
 	return outcomeError, caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
 }
 
+// passOn hands a long-poll request to the next handler, for no longer than
+// limit: what is left of its wait, plus poll_timeout. A client that asked
+// to wait N seconds is not kept much longer by a slow upstream, whatever
+// state its watch was in.
+func (h *Handler) passOn(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(r.Context(), max(limit, time.Duration(h.PollTimeout)))
+	defer cancel()
+	return next.ServeHTTP(w, r.WithContext(ctx))
+}
+
 // pollFailure is the error a request is answered with when the watch's
 // polls fail. It does not unwrap to the poll's error: caddyhttp.Error would
 // take the status of a HandlerError inside it (reverse_proxy's 504 for a
@@ -269,17 +305,44 @@ type pollFailure struct{ err error }
 
 func (e pollFailure) Error() string { return "polling upstream: " + e.err.Error() }
 
-// reject answers a request over a cap.
+// reject answers a request over a cap: 429 for a client's caps, 503 for
+// the handler's, with Retry-After and a message that names the cap.
 func (h *Handler) reject(w http.ResponseWriter, err error) error {
 	w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(5)))
-	status := http.StatusServiceUnavailable
-	if errors.Is(err, longpoll.ErrTooManyForClient) {
-		status = http.StatusTooManyRequests
-	} else if h.hub.capWarning() {
-		h.logger.Warn("max_waiters reached: rejecting long-poll requests",
-			zap.Int("max_waiters", h.MaxWaiters))
+	c := capOf(err)
+	if !h.DisableMetrics {
+		metrics.rejected(c.name)
 	}
-	return caddyhttp.Error(status, err)
+	if c.status == http.StatusServiceUnavailable && h.hub.capWarning() {
+		h.logger.Warn(c.name+" reached: rejecting long-poll requests", zap.Int(c.name, c.value(h)))
+	}
+	return caddyhttp.Error(c.status, fmt.Errorf("%s (%d) reached: %w", c.name, c.value(h), err))
+}
+
+// capRule is a cap a request can be rejected by.
+type capRule struct {
+	name   string // the setting
+	status int
+	value  func(*Handler) int
+}
+
+var capRules = map[error]capRule{
+	longpoll.ErrTooManyWaiters:          {"max_waiters", http.StatusServiceUnavailable, func(h *Handler) int { return h.MaxWaiters }},
+	longpoll.ErrTooManyWatches:          {"max_watches", http.StatusServiceUnavailable, func(h *Handler) int { return h.MaxWatches }},
+	longpoll.ErrTooManyForClient:        {"max_waiters_per_client", http.StatusTooManyRequests, func(h *Handler) int { return h.MaxWaitersPerClient }},
+	longpoll.ErrTooManyWatchesForClient: {"max_watches_per_client", http.StatusTooManyRequests, func(h *Handler) int { return h.MaxWatchesPerClient }},
+}
+
+// capNames are the names of the caps, as the metrics label rejections.
+var capNames = []string{"max_waiters", "max_watches", "max_waiters_per_client", "max_watches_per_client"}
+
+func capOf(err error) capRule {
+	for e, c := range capRules {
+		if errors.Is(err, e) {
+			return c
+		}
+	}
+	return capRules[longpoll.ErrTooManyWaiters]
 }
 
 // writeSnapshot writes a representation. One whose status the next handler

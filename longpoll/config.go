@@ -20,9 +20,11 @@ const (
 	DefaultNotifyWindow = 100 * time.Millisecond
 )
 
-// MaxRetryAfter bounds the delay an upstream can impose with Retry-After, so
-// that a bogus header cannot park a watch for hours.
-const MaxRetryAfter = 5 * time.Minute
+// MaxRetryAfter bounds the delay one upstream answer can impose with
+// Retry-After (or Config.MaxBackoff, if that is longer), so that a bogus or
+// pessimistic header (Retry-After: 300 from an upstream back a second
+// later) cannot keep a watch down for minutes.
+const MaxRetryAfter = 30 * time.Second
 
 // Config holds the engine's tunables. Zero values take the defaults.
 type Config struct {
@@ -39,6 +41,15 @@ type Config struct {
 	// notifications (Notify, Trigger): a burst of them is coalesced into
 	// one poll at once and at most one per window after it.
 	NotifyWindow time.Duration
+	// MaxMemory bounds, in bytes, what the watches hold (snapshots, and
+	// about 1 KiB per watch): past it, idle watches are forgotten, the
+	// longest idle first, and a snapshot that the watches with subscribers
+	// leave no room for is not kept. 0 or less: no bound.
+	MaxMemory int64
+	// MaxActive bounds the watches with subscribers, which poll: a
+	// subscription that would make one more fails with ErrTooManyWatches.
+	// 0 or less: no bound.
+	MaxActive int
 }
 
 func (c *Config) applyDefaults() {

@@ -40,6 +40,10 @@ type Engine struct {
 	logger   func() *zap.Logger
 	observer Observer
 	active   atomic.Int64    // watches with subscribers
+	// bytes is what the watches hold, activeBytes what those with
+	// subscribers hold (memory.go); evicting is set during an eviction run
+	bytes, activeBytes atomic.Int64
+	evicting           atomic.Bool
 	ctx      context.Context // ends at Close; parent of every poll
 	cancel   context.CancelFunc
 
@@ -111,6 +115,9 @@ func (e *Engine) Subscribe(key Key, topic string, gen uint64, newFetcher func() 
 		w.retire()
 		e.forget(w)
 		w = nil
+	}
+	if max := e.cfg.MaxActive; max > 0 && e.active.Load() >= int64(max) && (w == nil || w.idle()) {
+		return nil, ErrTooManyWatches
 	}
 	if w == nil {
 		w = newWatch(e, key, topic)

@@ -12,6 +12,10 @@ import (
 // ErrClosed is returned by Subscribe once the engine is closed.
 var ErrClosed = errors.New("longpoll: engine closed")
 
+// ErrTooManyWatches is returned by Subscribe when Config.MaxActive watches
+// have subscribers already and the subscription would make one more.
+var ErrTooManyWatches = errors.New("longpoll: too many watches polling")
+
 // ErrUncacheable is returned (wrapped) by a Fetcher when the upstream's
 // response cannot be held and shared safely: a body over the size limit, a
 // response that sets cookies, a streamed response. The watch then stops

@@ -15,42 +15,90 @@ var (
 	// ErrTooManyForClient means the cap on held requests for one client
 	// address is reached.
 	ErrTooManyForClient = errors.New("longpoll: too many held requests for this client")
+	// ErrTooManyWatchesForClient means the cap on the watches one client
+	// address holds requests on is reached: each of them polls the
+	// upstream, so one client could otherwise make it pay per key.
+	ErrTooManyWatchesForClient = errors.New("longpoll: too many watches held by this client")
 )
 
-// Limiter counts held requests, in all and per client address, to enforce
-// caps. The zero value is ready to use.
+// Caps are the limits Limiter.Acquire enforces. A cap of 0 or less is no
+// cap.
+type Caps struct {
+	// Total caps the requests held at once.
+	Total int
+	// PerClient caps the requests held at once for one client address.
+	PerClient int
+	// WatchesPerClient caps the distinct keys one client address holds
+	// requests on at once; more requests on a key it holds already are
+	// not counted again.
+	WatchesPerClient int
+}
+
+// Limiter counts held requests, in all, per client address and per key of
+// each client, to enforce Caps. The zero value is ready to use.
 type Limiter struct {
-	mu        sync.Mutex
-	total     int
-	perClient map[string]int
+	mu      sync.Mutex
+	total   int
+	clients map[string]*clientHolds
+}
+
+// clientHolds is what one client address holds: requests, and the keys
+// they are on.
+type clientHolds struct {
+	client string
+	held   int
+	keys   map[Key]*keyHolds
+}
+
+// keyHolds counts the requests of one client on one key.
+type keyHolds struct {
+	key  Key
+	held int
 }
 
 // Ticket is one admitted request. Release it exactly once.
 type Ticket struct {
-	l         *Limiter
-	client    string
-	perClient bool // counted per client
+	l *Limiter
+	c *clientHolds // nil when no per-client cap applied
+	k *keyHolds
 }
 
-// Acquire admits one request from client, unless that would take the total
-// above maxTotal or the client's count above maxPerClient (a cap of 0 or
-// less is no cap). A refused request costs nothing.
-func (l *Limiter) Acquire(client string, maxTotal, maxPerClient int) (Ticket, error) {
+// Acquire admits one request from client on key, unless that would go past
+// one of caps. A refused request costs nothing. Per-client counts are kept
+// only when a per-client cap is set.
+func (l *Limiter) Acquire(client string, key Key, caps Caps) (Ticket, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if maxTotal > 0 && l.total >= maxTotal {
+	if caps.Total > 0 && l.total >= caps.Total {
 		return Ticket{}, ErrTooManyWaiters
 	}
 	t := Ticket{l: l}
-	if maxPerClient > 0 {
-		if l.perClient[client] >= maxPerClient {
+	if caps.PerClient > 0 || caps.WatchesPerClient > 0 {
+		c := l.clients[client]
+		var k *keyHolds
+		if c != nil {
+			k = c.keys[key]
+		}
+		switch {
+		case caps.PerClient > 0 && c != nil && c.held >= caps.PerClient:
 			return Ticket{}, ErrTooManyForClient
+		case caps.WatchesPerClient > 0 && k == nil && c != nil && len(c.keys) >= caps.WatchesPerClient:
+			return Ticket{}, ErrTooManyWatchesForClient
 		}
-		if l.perClient == nil {
-			l.perClient = make(map[string]int)
+		if c == nil {
+			if l.clients == nil {
+				l.clients = make(map[string]*clientHolds)
+			}
+			c = &clientHolds{client: client, keys: make(map[Key]*keyHolds, 1)}
+			l.clients[client] = c
 		}
-		l.perClient[client]++
-		t.client, t.perClient = client, true
+		if k == nil {
+			k = &keyHolds{key: key}
+			c.keys[key] = k
+		}
+		c.held++
+		k.held++
+		t.c, t.k = c, k
 	}
 	l.total++
 	return t, nil
@@ -64,11 +112,13 @@ func (t Ticket) Release() {
 	t.l.mu.Lock()
 	defer t.l.mu.Unlock()
 	t.l.total--
-	if t.perClient {
-		if n := t.l.perClient[t.client] - 1; n > 0 {
-			t.l.perClient[t.client] = n
-		} else {
-			delete(t.l.perClient, t.client)
+	if c := t.c; c != nil {
+		c.held--
+		if t.k.held--; t.k.held == 0 {
+			delete(c.keys, t.k.key)
+		}
+		if c.held == 0 {
+			delete(t.l.clients, c.client)
 		}
 	}
 }

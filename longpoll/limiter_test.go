@@ -20,12 +20,14 @@ func TestLimiterAcquire(t *testing.T) {
 	t.Parallel()
 	type step struct {
 		client  string
-		release int // > 0: release the ticket of that step (1-based) instead
+		key     string // the watch's key, "" for "k"
+		release int    // > 0: release the ticket of that step (1-based) instead
 		want    error
 	}
 	tests := []struct {
 		name                   string
 		maxTotal, maxPerClient int
+		maxWatchesPerClient    int
 		steps                  []step
 		wantHeld               int
 	}{
@@ -87,8 +89,35 @@ func TestLimiterAcquire(t *testing.T) {
 			wantHeld: 5,
 		},
 		{
-			name: "negative caps are no caps", maxTotal: -1, maxPerClient: -1,
+			name: "negative caps are no caps", maxTotal: -1, maxPerClient: -1, maxWatchesPerClient: -1,
 			steps:    []step{{client: "a"}, {client: "a"}, {client: "a"}},
+			wantHeld: 3,
+		},
+		// One client on many keys makes the upstream pay per key.
+		{
+			name: "watches per client", maxWatchesPerClient: 2,
+			steps: []step{
+				{client: "a", key: "1"}, {client: "a", key: "2"}, {client: "a", key: "3", want: longpoll.ErrTooManyWatchesForClient},
+				{client: "a", key: "1"}, {client: "a", key: "2"}, // more on a key it holds: no new watch
+				{client: "b", key: "3"}, {client: "b", key: "4"}, {client: "b", key: "5", want: longpoll.ErrTooManyWatchesForClient},
+			},
+			wantHeld: 6,
+		},
+		{
+			name: "a key is freed with its last request", maxWatchesPerClient: 1,
+			steps: []step{
+				{client: "a", key: "1"}, {client: "a", key: "1"}, {client: "a", key: "2", want: longpoll.ErrTooManyWatchesForClient},
+				{release: 1}, {client: "a", key: "2", want: longpoll.ErrTooManyWatchesForClient},
+				{release: 2}, {client: "a", key: "2"},
+			},
+			wantHeld: 1,
+		},
+		{
+			name: "held per client and watches per client together", maxPerClient: 3, maxWatchesPerClient: 2,
+			steps: []step{
+				{client: "a", key: "1"}, {client: "a", key: "2"}, {client: "a", key: "3", want: longpoll.ErrTooManyWatchesForClient},
+				{client: "a", key: "1"}, {client: "a", key: "1", want: longpoll.ErrTooManyForClient},
+			},
 			wantHeld: 3,
 		},
 	}
@@ -103,9 +132,10 @@ func TestLimiterAcquire(t *testing.T) {
 					continue
 				}
 				var err error
-				tickets[i], err = l.Acquire(s.client, tt.maxTotal, tt.maxPerClient)
+				caps := longpoll.Caps{Total: tt.maxTotal, PerClient: tt.maxPerClient, WatchesPerClient: tt.maxWatchesPerClient}
+				tickets[i], err = l.Acquire(s.client, longpoll.KeyOf("k", s.key), caps)
 				if !errors.Is(err, s.want) || (s.want == nil) != (err == nil) {
-					t.Fatalf("step %d: Acquire(%q, %d, %d) = %v, want %v", i+1, s.client, tt.maxTotal, tt.maxPerClient, err, s.want)
+					t.Fatalf("step %d: Acquire(%q, key %q, %+v) = %v, want %v", i+1, s.client, s.key, caps, err, s.want)
 				}
 			}
 			if got := l.Held(); got != tt.wantHeld {
@@ -120,10 +150,11 @@ func TestLimiterAcquire(t *testing.T) {
 func TestLimiterZeroTicketRelease(t *testing.T) {
 	t.Parallel()
 	var l longpoll.Limiter
-	if _, err := l.Acquire("a", 1, 0); err != nil {
+	key := longpoll.KeyOf("k")
+	if _, err := l.Acquire("a", key, longpoll.Caps{Total: 1}); err != nil {
 		t.Fatalf("Acquire = %v, want no error", err)
 	}
-	refused, err := l.Acquire("b", 1, 0)
+	refused, err := l.Acquire("b", key, longpoll.Caps{Total: 1})
 	if !errors.Is(err, longpoll.ErrTooManyWaiters) {
 		t.Fatalf("Acquire over the cap = %v, want ErrTooManyWaiters", err)
 	}
@@ -156,7 +187,7 @@ func TestLimiterConcurrent(t *testing.T) {
 			c := w % len(perClient)
 			client := clientName(c)
 			for range rounds {
-				tk, err := l.Acquire(client, maxTotal, maxPerClient)
+				tk, err := l.Acquire(client, longpoll.KeyOf(fmt.Sprint(w%3)), longpoll.Caps{Total: maxTotal, PerClient: maxPerClient, WatchesPerClient: 2})
 				if err != nil {
 					continue
 				}
@@ -186,7 +217,7 @@ func TestLimiterConcurrent(t *testing.T) {
 	// Every client's places are free again.
 	for c := range len(perClient) {
 		for i := range maxPerClient {
-			if _, err := l.Acquire(clientName(c), 0, maxPerClient); err != nil {
+			if _, err := l.Acquire(clientName(c), longpoll.KeyOf("k"), longpoll.Caps{PerClient: maxPerClient}); err != nil {
 				t.Fatalf("after the run: Acquire %d for client %q = %v, want no error", i+1, clientName(c), err)
 			}
 		}

@@ -59,6 +59,9 @@ type Observer interface {
 	// Polled is called once per poll that ends, with what it found and how
 	// long it took.
 	Polled(result PollResult, took time.Duration)
+	// Evicted is called when idle watches are forgotten to keep within
+	// Config.MaxMemory, with how many.
+	Evicted(watches int)
 }
 
 // WithObserver makes the engine report to o (default: nothing is reported).
@@ -72,6 +75,9 @@ type Stats struct {
 	Watches int
 	// Active is the watches with at least one subscriber.
 	Active int
+	// Bytes is the memory the watches hold, as counted against
+	// Config.MaxMemory.
+	Bytes int64
 }
 
 // Stats returns the engine's counts, without visiting its watches.
@@ -79,7 +85,7 @@ func (e *Engine) Stats() Stats {
 	e.mu.Lock()
 	n := len(e.watches)
 	e.mu.Unlock()
-	return Stats{Watches: n, Active: int(e.active.Load())}
+	return Stats{Watches: n, Active: int(e.active.Load()), Bytes: e.bytes.Load()}
 }
 
 // WatchInfo describes one watch, for an operator's view of the engine.

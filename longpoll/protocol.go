@@ -43,29 +43,6 @@ func ParseWait(prefer []string) (wait time.Duration, ok bool) {
 	return 0, false
 }
 
-// StripWait returns the Prefer header values without the wait preference,
-// for a poll request sent upstream on behalf of long-poll clients.
-func StripWait(prefer []string) []string {
-	var out []string
-	for _, line := range prefer {
-		var kept []string
-		for pref := range strings.SplitSeq(line, ",") {
-			name, _, _ := strings.Cut(pref, "=")
-			name, _, _ = strings.Cut(name, ";")
-			if strings.EqualFold(strings.TrimSpace(name), "wait") {
-				continue
-			}
-			if p := strings.TrimSpace(pref); p != "" {
-				kept = append(kept, p)
-			}
-		}
-		if len(kept) > 0 {
-			out = append(out, strings.Join(kept, ", "))
-		}
-	}
-	return out
-}
-
 // MatchETag reports whether the If-None-Match header values match etag with
 // the weak comparison of RFC 9110, section 8.8.3.2 (which If-None-Match
 // uses): W/"x" matches "x". "*" matches any etag. Only the first MaxETags

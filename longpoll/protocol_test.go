@@ -5,7 +5,6 @@ package longpoll_test
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,36 +57,6 @@ func TestParseWait(t *testing.T) {
 			got, ok := longpoll.ParseWait(tt.prefer)
 			if got != tt.want || ok != tt.wantOK {
 				t.Errorf("ParseWait(%q) = %v, %v, want %v, %v", tt.prefer, got, ok, tt.want, tt.wantOK)
-			}
-		})
-	}
-}
-
-// StripWait keeps the client's other preferences on the shared poll but not
-// its wait, which the upstream must not act on (it would hold the poll).
-func TestStripWait(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name   string
-		prefer []string
-		want   []string
-	}{
-		{name: "only wait", prefer: []string{"wait=10"}, want: nil},
-		{name: "wait last", prefer: []string{"return=minimal, wait=3"}, want: []string{"return=minimal"}},
-		{name: "wait first, upper case", prefer: []string{"WAIT=5, handling=lenient"}, want: []string{"handling=lenient"}},
-		{name: "wait in the middle", prefer: []string{"respond-async,wait=5 ,  return=minimal"}, want: []string{"respond-async, return=minimal"}},
-		{name: "separate lines", prefer: []string{"respond-async", "wait=5"}, want: []string{"respond-async"}},
-		{name: "wait with parameter", prefer: []string{"wait;x=y, return=representation"}, want: []string{"return=representation"}},
-		{name: "wait as a parameter is kept", prefer: []string{"return=minimal; wait=3"}, want: []string{"return=minimal; wait=3"}},
-		{name: "similar name kept", prefer: []string{"waits=3"}, want: []string{"waits=3"}},
-		{name: "empty entries dropped", prefer: []string{" , ,", "respond-async"}, want: []string{"respond-async"}},
-		{name: "nil", prefer: nil, want: nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			if got := longpoll.StripWait(tt.prefer); !slices.Equal(got, tt.want) {
-				t.Errorf("StripWait(%q) = %q, want %q", tt.prefer, got, tt.want)
 			}
 		})
 	}

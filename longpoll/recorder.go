@@ -28,6 +28,7 @@ type Recorder struct {
 	maxBody     int64
 	tooLarge    bool
 	errorStatus bool // the status was reported as an error, not written
+	head        bool // the response to a HEAD request
 }
 
 // NewRecorder returns a Recorder that holds at most maxBody body bytes.
@@ -63,6 +64,11 @@ func (r *Recorder) Flush() {}
 
 // Started reports whether the response's header or body was written.
 func (r *Recorder) Started() bool { return r.wroteHeader }
+
+// ForHead makes the recorder take the response to a HEAD request: the
+// snapshot has no body and keeps the upstream's Content-Length (see
+// Snapshot.Head).
+func (r *Recorder) ForHead() { r.head = true }
 
 // ErrorStatus records a status that the handler reported as an error
 // instead of writing a response (Caddy's file_server answers a missing file
@@ -101,7 +107,7 @@ func (r *Recorder) Result(reqHeader http.Header, prev *Snapshot) (*Snapshot, err
 	case r.status >= 500 || r.status == http.StatusTooManyRequests || r.status == http.StatusRequestTimeout:
 		return nil, &UpstreamError{Status: r.status, RetryAfter: ParseRetryAfter(r.header.Get("Retry-After"), time.Now())}
 	}
-	s, err := newSnapshot(r.status, r.errorStatus, r.header, r.body.Bytes(), reqHeader)
+	s, err := newSnapshot(r.status, snapshotKind{errorStatus: r.errorStatus, head: r.head}, r.header, r.body.Bytes(), reqHeader)
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,12 @@ type Snapshot struct {
 	// the server's error handling renders it as it would without the
 	// module. The body is then empty.
 	ErrorStatus bool
+	// Head is set for a representation polled with HEAD: it has no body,
+	// its Content-Length is the upstream's, and its ETag is hashed from
+	// what a HEAD answer shows of the body (the upstream's ETag,
+	// Last-Modified and Content-Length) besides the status and content
+	// headers.
+	Head bool
 	// ETag is the strong validator clients see, quoted.
 	ETag string
 	// UpstreamETag and LastModified are the upstream's own validators,
@@ -71,10 +77,14 @@ var droppedHeaders = []string{
 // It returns an error wrapping ErrUncacheable for a response that must not
 // be shared: one that sets cookies, declares trailers or varies on everything.
 func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
-	return newSnapshot(status, false, header, body, reqHeader)
+	return newSnapshot(status, snapshotKind{}, header, body, reqHeader)
 }
 
-func newSnapshot(status int, errorStatus bool, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
+// snapshotKind says how a response was made: by an error status (see
+// Snapshot.ErrorStatus), or for a HEAD request (Snapshot.Head).
+type snapshotKind struct{ errorStatus, head bool }
+
+func newSnapshot(status int, kind snapshotKind, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
 	if header == nil {
 		header = make(http.Header)
 	}
@@ -90,20 +100,32 @@ func newSnapshot(status int, errorStatus bool, header http.Header, body []byte, 
 	}
 	s := &Snapshot{
 		Status:       status,
-		ErrorStatus:  errorStatus,
+		ErrorStatus:  kind.errorStatus,
+		Head:         kind.head,
 		Body:         body,
 		UpstreamETag: header.Get("Etag"),
 		LastModified: strongLastModified(header),
 		Vary:         vary,
 	}
+	length := header["Content-Length"]
 	for _, h := range droppedHeaders {
 		delete(header, h)
 	}
 	s.Header = header
+	if kind.head {
+		s.Body = nil
+		if len(length) == 1 {
+			header["Content-Length"] = length
+		}
+	}
 	s.ETag = s.computeETag()
 	header["Etag"] = []string{s.ETag}
-	header["Content-Length"] = []string{strconv.Itoa(len(body))}
-	header["Vary"] = append(header["Vary"], "Prefer")
+	if !kind.head {
+		header["Content-Length"] = []string{strconv.Itoa(len(body))}
+	}
+	if !varies(header, "Prefer") {
+		header["Vary"] = append(header["Vary"], "Prefer")
+	}
 	for k, v := range header {
 		// Full slices: a handler that appends to a value must not write
 		// into the array that every client's response shares.
@@ -131,6 +153,13 @@ func (s *Snapshot) computeETag() string {
 		}
 	}
 	h.Write([]byte{0})
+	if s.Head {
+		// no body to hash: what HEAD shows of it
+		for _, v := range []string{s.UpstreamETag, s.Header.Get("Last-Modified"), s.Header.Get("Content-Length")} {
+			h.Write([]byte(v))
+			h.Write([]byte{0})
+		}
+	}
 	h.Write(s.Body)
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
@@ -161,10 +190,23 @@ func (s *Snapshot) VaryMatches(reqHeader http.Header) bool {
 	return true
 }
 
+// varies reports whether the Vary field of header names name.
+func varies(header http.Header, name string) bool {
+	for _, line := range header.Values("Vary") {
+		for field := range strings.SplitSeq(line, ",") {
+			if strings.EqualFold(strings.TrimSpace(field), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // varyFields reads the upstream's Vary header. Accept-Encoding is left out:
 // polls ask for the identity encoding and any compression is applied per
-// client afterwards. Prefer is left out as the long-poll preference is
-// the module's own.
+// client afterwards. Prefer is left out: polls send no preference (the
+// wait is the module's, and other preferences would shape the answer every
+// waiter gets), so there is nothing to vary on.
 func varyFields(header, reqHeader http.Header) ([]VaryField, error) {
 	var fields []VaryField
 	for _, line := range header.Values("Vary") {

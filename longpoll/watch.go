@@ -90,6 +90,7 @@ type watch struct {
 	passUntil  time.Time // a pass-through watch is probed again after this
 	gone       bool
 	spin       spinCheck // requests that named no version (spin.go)
+	size       int64     // bytes counted against Config.MaxMemory (memory.go)
 }
 
 func newWatch(e *Engine, key Key, topic string) *watch {
@@ -97,6 +98,7 @@ func newWatch(e *Engine, key Key, topic string) *watch {
 	w.state.Store(&State{changed: make(chan struct{})})
 	w.timer = time.AfterFunc(time.Hour, w.onTimer)
 	w.timer.Stop()
+	w.account(watchOverhead)
 	return w
 }
 
@@ -177,6 +179,7 @@ func (w *watch) subscribe(gen uint64, newFetcher func() Fetcher) *Subscription {
 	w.subs++
 	if w.subs == 1 {
 		w.e.active.Add(1)
+		w.e.activeBytes.Add(w.size)
 	}
 	sub := &Subscription{w: w}
 	if (w.fetcher == nil && !w.state.Load().Detached) || gen > w.gen {
@@ -211,6 +214,13 @@ func (w *watch) activate() chan struct{} {
 		return nil
 	}
 	stale := !st.Pending() && time.Since(w.polledAt) > w.e.cfg.Interval
+	if stale && st.Failure != nil {
+		// A watch in back-off, its last poll older than the interval: the
+		// first subscriber after a quiet spell gets one fresh attempt
+		// rather than the old failure (at most one an interval, as the
+		// poll it starts makes the watch fresh again).
+		w.notBefore = time.Time{}
+	}
 	if !w.inflight {
 		w.schedule()
 	}
@@ -239,8 +249,20 @@ func (w *watch) schedule() {
 			due = soon
 		}
 	}
-	if due.Before(w.notBefore) {
-		due = w.notBefore
+	floor := w.notBefore
+	if (w.again || w.dirty) && w.failures > 0 {
+		// A notification during back-off is evidence that the upstream
+		// may be back: it is worth one poll, at most one an interval.
+		soon := w.polledAt.Add(w.e.cfg.Interval)
+		if soon.Before(now) {
+			soon = now
+		}
+		if soon.Before(floor) {
+			floor = soon
+		}
+	}
+	if due.Before(floor) {
+		due = floor
 	}
 	if due.After(now) {
 		w.timer.Reset(due.Sub(now))
@@ -260,6 +282,7 @@ func (w *watch) unsubscribe() {
 	w.subs--
 	if w.subs == 0 {
 		w.e.active.Add(-1)
+		w.e.activeBytes.Add(-w.size)
 	}
 	if w.subs == 0 && !w.gone {
 		w.idleSince = time.Now()
@@ -325,6 +348,7 @@ func (w *watch) retire() {
 	defer w.mu.Unlock()
 	w.gone = true
 	w.timer.Stop()
+	w.unaccount()
 }
 
 func (w *watch) onTimer() {
@@ -354,6 +378,7 @@ func (w *watch) onTimer() {
 	defer w.mu.Unlock()
 	if w.subs == 0 && !w.inflight && !w.again && !w.gone && !time.Now().Before(w.idleDeadline()) {
 		w.gone = true
+		w.unaccount()
 		w.e.forget(w)
 	}
 }
@@ -385,6 +410,11 @@ func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struc
 		result = PollFailed
 		w.failed(err)
 	default:
+		if err := w.overBudget(snap); err != nil {
+			result = PollUncacheable
+			w.uncacheable(err, end)
+			break
+		}
 		result = w.succeeded(snap, prev, end)
 	}
 	w.lastPoll, w.lastResult = end, result
@@ -435,7 +465,7 @@ func (w *watch) failed(err error) {
 	var ue *UpstreamError
 	var retryAfter time.Duration
 	if errors.As(err, &ue) {
-		retryAfter = min(ue.RetryAfter, MaxRetryAfter)
+		retryAfter = min(ue.RetryAfter, max(MaxRetryAfter, w.e.cfg.MaxBackoff))
 	}
 	d := w.e.cfg.MaxBackoff
 	if shift := min(w.failures, 16); w.e.cfg.Interval <= d>>shift {
@@ -489,6 +519,7 @@ func (w *watch) succeeded(snap, prev *Snapshot, now time.Time) PollResult {
 func (w *watch) publish(next *State, wake bool) {
 	next.Detached = w.fetcher == nil // a poll that ends after Detach keeps it
 	cur := w.state.Load()
+	w.account(stateSize(next))
 	if wake {
 		next.changed = make(chan struct{})
 		w.state.Store(next)

@@ -1,0 +1,160 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// An engine's watches hold their snapshots (bodies up to the adapter's size
+// limit) for as long as they live, idle ones too, and anybody can make a
+// watch with one request for a new key. Config.MaxMemory bounds what they
+// hold: past it, idle watches are forgotten, the longest idle first; and a
+// snapshot that the watches with subscribers alone cannot make room for is
+// not kept (the watch passes its requests through, as for a body over the
+// size limit).
+
+// watchOverhead is what a watch costs besides its snapshot: the watch, its
+// state, timer and map entries. It is counted against Config.MaxMemory, so
+// that many watches with tiny bodies are bounded too.
+const watchOverhead = 1024
+
+// errOverBudget is the reason a snapshot is not kept.
+var errOverBudget = errors.New("the watches with subscribers hold the memory budget already")
+
+// Size returns the memory the snapshot holds, roughly: its body and its
+// header fields.
+func (s *Snapshot) Size() int64 {
+	n := int64(len(s.Body)) + int64(len(s.ETag)+len(s.UpstreamETag)+len(s.LastModified)) + 128
+	for k, vs := range s.Header {
+		n += int64(len(k)) + 16
+		for _, v := range vs {
+			n += int64(len(v)) + 16
+		}
+	}
+	for _, f := range s.Vary {
+		n += int64(len(f.Name)) + 32
+		for _, v := range f.Values {
+			n += int64(len(v)) + 16
+		}
+	}
+	return n
+}
+
+// stateSize is what a watch in state st holds.
+func stateSize(st *State) int64 {
+	if st.Snapshot == nil {
+		return watchOverhead
+	}
+	return watchOverhead + st.Snapshot.Size()
+}
+
+// account records that the watch now holds size bytes. It must be called
+// with w.mu held.
+func (w *watch) account(size int64) {
+	delta := size - w.size
+	if delta == 0 {
+		return
+	}
+	w.size = size
+	e := w.e
+	e.bytes.Add(delta)
+	if w.subs > 0 {
+		e.activeBytes.Add(delta)
+	}
+	if delta > 0 && e.cfg.MaxMemory > 0 && e.bytes.Load() > e.cfg.MaxMemory {
+		e.kickEviction()
+	}
+}
+
+// unaccount gives back what a forgotten watch held. It must be called with
+// w.mu held.
+func (w *watch) unaccount() {
+	w.e.bytes.Add(-w.size)
+	if w.subs > 0 {
+		w.e.activeBytes.Add(-w.size)
+	}
+	w.size = 0
+}
+
+// overBudget reports whether keeping snap would take the watches with
+// subscribers past the budget, which no eviction can help. It must be
+// called with w.mu held.
+func (w *watch) overBudget(snap *Snapshot) error {
+	limit := w.e.cfg.MaxMemory
+	if limit <= 0 || w.subs == 0 {
+		return nil
+	}
+	if w.e.activeBytes.Load()-w.size+watchOverhead+snap.Size() > limit {
+		return fmt.Errorf("%w: %w (%d bytes)", ErrUncacheable, errOverBudget, limit)
+	}
+	return nil
+}
+
+// kickEviction starts an eviction run unless one is under way.
+func (e *Engine) kickEviction() {
+	if e.evicting.CompareAndSwap(false, true) {
+		go e.evict()
+	}
+}
+
+// evict forgets idle watches, the longest idle first, until the engine
+// holds at most nine tenths of its budget, or no idle watch is left.
+func (e *Engine) evict() {
+	defer e.evicting.Store(false)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || e.bytes.Load() <= e.cfg.MaxMemory {
+		return
+	}
+	type candidate struct {
+		w     *watch
+		since time.Time
+	}
+	var idle []candidate
+	for _, w := range e.watches {
+		w.mu.Lock()
+		if w.evictable() {
+			idle = append(idle, candidate{w, w.idleSince})
+		}
+		w.mu.Unlock()
+	}
+	slices.SortFunc(idle, func(a, b candidate) int { return a.since.Compare(b.since) })
+	target := e.cfg.MaxMemory / 10 * 9
+	n := 0
+	for _, c := range idle {
+		if e.bytes.Load() <= target {
+			break
+		}
+		w := c.w
+		w.mu.Lock()
+		if w.evictable() {
+			w.gone = true
+			w.timer.Stop()
+			w.unaccount()
+			e.forget(w)
+			n++
+		}
+		w.mu.Unlock()
+	}
+	if n > 0 && e.observer != nil {
+		e.observer.Evicted(n)
+	}
+}
+
+// idle reports whether w has no subscriber.
+func (w *watch) idle() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.subs == 0
+}
+
+// evictable reports whether w may be forgotten to make room: no
+// subscriber, no poll in flight. It must be called with w.mu held.
+func (w *watch) evictable() bool {
+	return w.subs == 0 && !w.inflight && !w.again && !w.gone
+}

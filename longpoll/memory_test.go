@@ -1,0 +1,216 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package longpoll_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// evictions counts what the engine reports evicted.
+type evictions struct {
+	pollLog
+	n atomic.Int64
+}
+
+func (e *evictions) Evicted(n int) { e.n.Add(int64(n)) }
+
+// Anybody can make a watch with one request for a new key, and an idle
+// watch keeps its body for idle_ttl: without a bound, 3,000 requests for a
+// 512 KiB body held 1.5 GiB. The budget must hold however many keys come,
+// by dropping the longest idle watches first.
+func TestMemoryBudgetEvictsIdleWatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const body, budget = 64 << 10, 1 << 20 // 64 KiB bodies, 1 MiB
+		obs := new(evictions)
+		e, err := longpoll.New(longpoll.Config{Interval: time.Second, IdleTTL: time.Hour, MaxMemory: budget}, longpoll.WithObserver(obs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		f := newFake(serve(strings.Repeat("x", body)))
+		var first longpoll.Key
+		for i := range 200 { // 200 keys × 64 KiB = 12.5 MiB without a bound
+			key := longpoll.KeyOf("k", fmt.Sprint(i))
+			if i == 0 {
+				first = key
+			}
+			sub := subscribe(t, e, key, f)
+			fresh(t, sub) // its first poll
+			sub.Close()   // idle from now on
+			time.Sleep(time.Millisecond)
+			synctest.Wait() // an eviction run
+			if got := e.Stats().Bytes; got > budget+body+2048 {
+				t.Fatalf("after %d keys: the watches hold %d bytes, want at most the budget %d (and the one snapshot over it)", i+1, got, budget)
+			}
+		}
+		st := e.Stats()
+		if st.Watches < 10 || st.Watches > 17 {
+			t.Errorf("watches kept: got %d, want the 64 KiB ones that fit in 1 MiB (10 to 16)", st.Watches)
+		}
+		if got := obs.n.Load(); got != int64(200-st.Watches) {
+			t.Errorf("evictions reported: got %d, want %d (200 made, %d kept)", got, 200-st.Watches, st.Watches)
+		}
+		// The longest idle went first: the first key's watch is gone, so a
+		// new subscriber polls it again.
+		calls := f.calls.Load()
+		sub := subscribe(t, e, first, f)
+		fresh(t, sub)
+		sub.Close()
+		if f.calls.Load() != calls+1 {
+			t.Errorf("the oldest idle watch: got %d polls on a new subscriber, want 1 (evicted)", f.calls.Load()-calls)
+		}
+	})
+}
+
+// Watches with subscribers are never evicted: a snapshot that they leave
+// no room for is not kept, and its watch passes its requests through,
+// rather than the memory growing past the budget.
+func TestMemoryBudgetRefusesOverActive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const body, budget = 300 << 10, 1 << 20
+		e := newEngine(t, longpoll.Config{Interval: time.Second, MaxMemory: budget})
+		defer e.Close()
+		f := newFake(serve(strings.Repeat("y", body)))
+		var held []*longpoll.Subscription
+		defer func() {
+			for _, s := range held {
+				s.Close()
+			}
+		}()
+		for i := range 3 { // three 300 KiB bodies fit in 1 MiB
+			sub := subscribe(t, e, longpoll.KeyOf("k", fmt.Sprint(i)), f)
+			held = append(held, sub)
+			if st := fresh(t, sub); st.Snapshot == nil || st.Passthrough {
+				t.Fatalf("watch %d: got no snapshot, want one (it fits)", i+1)
+			}
+		}
+		sub := subscribe(t, e, longpoll.KeyOf("k", "4"), f)
+		held = append(held, sub)
+		st := fresh(t, sub)
+		if !st.Passthrough || st.Snapshot != nil {
+			t.Errorf("a fourth 300 KiB watch under a 1 MiB budget: got snapshot %v, passthrough %v; want pass-through", st.Snapshot != nil, st.Passthrough)
+		}
+		if got := e.Stats().Bytes; got > budget {
+			t.Errorf("the watches hold %d bytes, want at most %d", got, budget)
+		}
+	})
+}
+
+// A handler's cap on watches polling at once bounds what it costs the
+// upstream per interval; subscribers of a watch that polls already are not
+// refused.
+func TestMaxActive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEngine(t, longpoll.Config{Interval: time.Second, MaxActive: 2})
+		defer e.Close()
+		f := newFake(serve("z"))
+		a := subscribe(t, e, longpoll.KeyOf("a"), f)
+		b := subscribe(t, e, longpoll.KeyOf("b"), f)
+		if _, err := e.Subscribe(longpoll.KeyOf("c"), "t", 1, f.New); !errors.Is(err, longpoll.ErrTooManyWatches) {
+			t.Fatalf("a third watch under MaxActive 2: got %v, want ErrTooManyWatches", err)
+		}
+		again := subscribe(t, e, longpoll.KeyOf("a"), f) // an active watch: admitted
+		again.Close()
+		a.Close()
+		c := subscribe(t, e, longpoll.KeyOf("c"), f) // a's place is free
+		c.Close()
+		b.Close()
+	})
+}
+
+// An upstream that answers one 503 with Retry-After: 300 and is back a
+// second later must not keep a watch down for five minutes: the header is
+// honoured up to MaxRetryAfter, a notification is worth a poll even in
+// back-off, and a new client after a quiet spell gets a fresh attempt.
+func TestBackoffRecovery(t *testing.T) {
+	down := &longpoll.UpstreamError{Status: 503, RetryAfter: 300 * time.Second}
+	t.Run("Retry-After capped", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(fail(down))
+			e := newEngine(t, longpoll.Config{Interval: time.Second})
+			defer e.Close()
+			sub := subscribe(t, e, testKey, f)
+			defer sub.Close()
+			synctest.Wait()
+			if d := sub.State().Failure.RetryAfter; d != longpoll.MaxRetryAfter {
+				t.Errorf("Retry-After 300s: the watch waits %v, want MaxRetryAfter (%v)", d, longpoll.MaxRetryAfter)
+			}
+		})
+	})
+	t.Run("a notification polls in back-off, once an interval", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(fail(down))
+			e := newEngine(t, longpoll.Config{Interval: time.Second})
+			defer e.Close()
+			sub, err := e.Subscribe(testKey, "/t", 1, f.New)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			synctest.Wait()
+			f.setScript(serve("back"))
+			time.Sleep(2 * time.Second)
+			for range 50 { // a burst: one poll
+				e.Notify([]string{"/t"})
+			}
+			synctest.Wait()
+			if got := f.calls.Load(); got != 2 {
+				t.Fatalf("a burst of notifications in back-off: got %d polls in all, want 2", got)
+			}
+			if st := sub.State(); st.Failure != nil || st.Snapshot == nil {
+				t.Errorf("after the notification's poll: got failure %v, want the upstream's answer", st.Failure)
+			}
+		})
+	})
+	t.Run("notifications in back-off: at most one poll an interval", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(fail(down))
+			e := newEngine(t, longpoll.Config{Interval: time.Second})
+			defer e.Close()
+			sub, err := e.Subscribe(testKey, "/t", 1, f.New)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			synctest.Wait()
+			for range 100 { // 10 seconds of notifications, ten a second
+				e.Notify([]string{"/t"})
+				time.Sleep(100 * time.Millisecond)
+			}
+			synctest.Wait()
+			if got := f.calls.Load(); got < 9 || got > 12 {
+				t.Errorf("10s of notifications to a failing upstream: got %d polls, want about 10 (one a second)", got)
+			}
+		})
+	})
+	t.Run("a new subscriber after a quiet spell retries", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake(fail(down))
+			e := newEngine(t, longpoll.Config{Interval: time.Second, IdleTTL: time.Hour})
+			defer e.Close()
+			sub := subscribe(t, e, testKey, f)
+			synctest.Wait()
+			sub.Close()
+			f.setScript(serve("back"))
+			time.Sleep(5 * time.Second) // in back-off for 30s
+			sub = subscribe(t, e, testKey, f)
+			defer sub.Close()
+			st := fresh(t, sub)
+			if st.Failure != nil || st.Snapshot == nil {
+				t.Errorf("a new subscriber 5s into a 30s back-off: got failure %v, want a fresh poll's answer", st.Failure)
+			}
+			if got := f.calls.Load(); got != 2 {
+				t.Errorf("got %d polls, want 2", got)
+			}
+		})
+	})
+}
