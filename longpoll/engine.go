@@ -39,13 +39,13 @@ type Engine struct {
 	cfg      Config
 	logger   func() *zap.Logger
 	observer Observer
-	active   atomic.Int64    // watches with subscribers
+	active   atomic.Int64 // watches with subscribers
 	// bytes is what the watches hold, activeBytes what those with
 	// subscribers hold (memory.go); evicting is set during an eviction run
 	bytes, activeBytes atomic.Int64
 	evicting           atomic.Bool
-	ctx      context.Context // ends at Close; parent of every poll
-	cancel   context.CancelFunc
+	ctx                context.Context // ends at Close; parent of every poll
+	cancel             context.CancelFunc
 
 	mu      sync.Mutex
 	watches map[Key]*watch

@@ -114,7 +114,7 @@ func TestObserverAndFailureLog(t *testing.T) {
 		if !info.LastChange.Equal(start) || !info.LastPoll.After(start) {
 			t.Errorf("last change %v, last poll %v; want the first poll's end (%v), a later poll", info.LastChange, info.LastPoll, start)
 		}
-		if st := e.Stats(); (st.Watches != 1 || st.Active != 1) {
+		if st := e.Stats(); st.Watches != 1 || st.Active != 1 {
 			t.Errorf("Stats() = %+v, want 1 watch, 1 active", st)
 		}
 
@@ -155,7 +155,7 @@ func TestObserverAndFailureLog(t *testing.T) {
 		}
 
 		sub.Close()
-		if st := e.Stats(); (st.Watches != 1 || st.Active != 0) {
+		if st := e.Stats(); st.Watches != 1 || st.Active != 0 {
 			t.Errorf("Stats() after the last subscriber left = %+v, want 1 watch, 0 active", st)
 		}
 	})
@@ -187,12 +187,12 @@ func TestWatchesAndStats(t *testing.T) {
 		if want := map[string]int{"/t/0": 1, "/t/1": 2, "/t/2": 3}; fmt.Sprint(waiters) != fmt.Sprint(want) {
 			t.Errorf("Watches() waiters by topic = %v, want %v", waiters, want)
 		}
-		if st := e.Stats(); (st.Watches != 3 || st.Active != 3) {
+		if st := e.Stats(); st.Watches != 3 || st.Active != 3 {
 			t.Errorf("Stats() = %+v, want 3 watches, 3 active", st)
 		}
 		subs[0].Close() // the only subscriber of /t/0
 		subs[1].Close() // one of two of /t/1
-		if st := e.Stats(); (st.Watches != 3 || st.Active != 2) {
+		if st := e.Stats(); st.Watches != 3 || st.Active != 2 {
 			t.Errorf("Stats() = %+v, want 3 watches, 2 active", st)
 		}
 		n := 0
@@ -204,7 +204,7 @@ func TestWatchesAndStats(t *testing.T) {
 			t.Errorf("Watches() went on after break: %d", n)
 		}
 		time.Sleep(11 * time.Second)
-		if st := e.Stats(); (st.Watches != 2 || st.Active != 2) {
+		if st := e.Stats(); st.Watches != 2 || st.Active != 2 {
 			t.Errorf("Stats() after idle_ttl = %+v, want the idle watch forgotten: 2 watches, 2 active", st)
 		}
 		for _, s := range subs[2:] {
@@ -259,7 +259,7 @@ func TestStatsActiveAcrossRetireDetachClose(t *testing.T) {
 		time.Sleep(6 * time.Second) // past idle_ttl: the next subscriber probes again
 		b := subscribe(t, e, longpoll.KeyOf("pass"), pass)
 		synctest.Wait()
-		if st := e.Stats(); (st.Watches != 1 || st.Active != 2) {
+		if st := e.Stats(); st.Watches != 1 || st.Active != 2 {
 			t.Errorf("pass-through watch replaced under a subscriber: %+v, want 1 watch kept, 2 active (old and new)", st)
 		}
 		a.Close()
