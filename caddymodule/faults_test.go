@@ -30,6 +30,7 @@ import (
 //	/slow...      sends its body a byte every 200ms
 //	/reset...     resets the connection
 //	/truncated... declares 100 bytes, sends 10, closes
+//	/cookie-stall the first request: a cookie; later ones stall
 //	/retry...     503 with Retry-After: 300 while down is set, then "back"
 //	/big...       a 512 KiB body
 //	/user...      "data of <Authorization>"
@@ -103,6 +104,17 @@ func (u *faultUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("0123456789"))
 		_ = rc.Flush()
 		panic(http.ErrAbortHandler)
+	case strings.HasPrefix(p, "/cookie-stall"):
+		// the first answer (the poll) cannot be shared; the requests passed
+		// through after it stall
+		if u.count(p) == 1 {
+			http.SetCookie(w, &http.Cookie{Name: "session", Value: "s"})
+			_, _ = io.WriteString(w, "mine")
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		_ = rc.Flush()
+		<-r.Context().Done()
 	case strings.HasPrefix(p, "/retry") && u.down.Load():
 		w.Header().Set("Retry-After", "300")
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -240,6 +252,26 @@ func TestFaultsMisbehavingUpstream(t *testing.T) {
 				t.Errorf("%d clients held for %v: the upstream got %d requests, want at most 6 (one poll at a time, backing off)", clients, wait, n)
 			}
 		})
+	}
+}
+
+// A held request whose watch turns out not to be shareable (a cookie) is
+// passed to the upstream on its own; if the upstream then stalls, the
+// request still ends by its wait plus poll_timeout, not whenever the
+// upstream gives up.
+func TestFaultsPassThroughAfterHoldIsBounded(t *testing.T) {
+	up := newFaultUpstream(t)
+	p := startCaddy(t, "", fmt.Sprintf("\tlongpoll {\n\t\tpoll_timeout 1s\n\t}\n\treverse_proxy %s\n", up.addr()))
+	c := faultClient(t)
+	r := send(c, "GET", p.base+"/cookie-stall", "Prefer", "wait=3", "If-None-Match", `"a-version"`)
+	t.Logf("passed through to a stalling upstream: %d after %v (%v)", r.status, r.elapsed, r.err)
+	if r.elapsed > 3*time.Second+time.Second+time.Second {
+		t.Errorf("answered after %v, want within its wait plus poll_timeout (4s)", r.elapsed)
+	}
+	if r.err == nil && r.status == http.StatusOK && r.body == "" {
+		// headers came, the body never: the connection is cut, so a
+		// client cannot take this for a complete answer
+		t.Errorf("got 200 with an empty body and no error, want a failed or cut response")
 	}
 }
 

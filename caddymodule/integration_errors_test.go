@@ -6,6 +6,7 @@ package caddymodule
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -98,6 +99,19 @@ func TestIntegrationHandlerErrorStatus(t *testing.T) {
 		plain := itMustSend(t, c, "GET", "/gone.txt")
 		if plain.Status != http.StatusNotFound || plain.Body != "custom 404" {
 			t.Errorf("without Prefer: got %d %q, want 404 %q", plain.Status, plain.Body, "custom 404")
+		}
+	})
+
+	// reverse_proxy answers its own timeout with a 504 error: to a held
+	// client, a failing upstream is a 502, as documented, whatever the
+	// failure's status.
+	t.Run("reverse_proxy's timeout is answered 502", func(t *testing.T) {
+		hang := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+		defer hang.Close()
+		itLoad(t, tc, itConfig("", fmt.Sprintf("\tlongpoll {\n\t\tinterval 100ms\n\t}\n\treverse_proxy %s {\n\t\ttransport http {\n\t\t\tresponse_header_timeout 200ms\n\t\t}\n\t}\n", hang.Listener.Addr())))
+		r := itMustSend(t, c, "GET", "/slow", "Prefer", "wait=1", "If-None-Match", `"a-version"`)
+		if r.Status != http.StatusBadGateway || r.Header.Get("Retry-After") == "" {
+			t.Errorf("got %d with Retry-After %q, want 502 with Retry-After", r.Status, r.Header.Get("Retry-After"))
 		}
 	})
 
