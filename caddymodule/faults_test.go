@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/fcgi"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -30,7 +31,7 @@ import (
 //	/slow...      sends its body a byte every 200ms
 //	/reset...     resets the connection
 //	/truncated... declares 100 bytes, sends 10, closes
-//	/cookie-stall the first request: a cookie; later ones stall
+//	/cookie-stall "ok"; once cookies is set, a cookie, then stalls
 //	/retry...     503 with Retry-After: 300 while down is set, then "back"
 //	/big...       a 512 KiB body
 //	/user...      "data of <Authorization>"
@@ -39,8 +40,10 @@ import (
 // and "ok" otherwise. It counts requests by path (without the query) and
 // records the Prefer headers and methods it gets.
 type faultUpstream struct {
-	srv  *httptest.Server
-	down atomic.Bool
+	srv        *httptest.Server
+	down       atomic.Bool
+	cookies    atomic.Bool // /cookie-stall: answer with a cookie, then stall
+	cookieSent atomic.Bool
 
 	mu      sync.Mutex
 	hits    map[string]int
@@ -104,14 +107,10 @@ func (u *faultUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("0123456789"))
 		_ = rc.Flush()
 		panic(http.ErrAbortHandler)
-	case strings.HasPrefix(p, "/cookie-stall"):
-		// the first answer (the poll) cannot be shared; the requests passed
-		// through after it stall
-		if u.count(p) == 1 {
-			http.SetCookie(w, &http.Cookie{Name: "session", Value: "s"})
-			_, _ = io.WriteString(w, "mine")
-			return
-		}
+	case strings.HasPrefix(p, "/cookie-stall") && u.cookies.Load() && u.cookieSent.CompareAndSwap(false, true):
+		http.SetCookie(w, &http.Cookie{Name: "session", Value: "s"})
+		_, _ = io.WriteString(w, "mine")
+	case strings.HasPrefix(p, "/cookie-stall") && u.cookies.Load():
 		w.WriteHeader(http.StatusOK)
 		_ = rc.Flush()
 		<-r.Context().Done()
@@ -255,23 +254,103 @@ func TestFaultsMisbehavingUpstream(t *testing.T) {
 	}
 }
 
-// A held request whose watch turns out not to be shareable (a cookie) is
-// passed to the upstream on its own; if the upstream then stalls, the
-// request still ends by its wait plus poll_timeout, not whenever the
-// upstream gives up.
+// A held request whose watch can no longer share (the upstream starts
+// setting a cookie) is passed to the upstream on its own; if the upstream
+// then stalls, the request still ends by its wait plus poll_timeout, not
+// whenever the upstream gives up.
 func TestFaultsPassThroughAfterHoldIsBounded(t *testing.T) {
 	up := newFaultUpstream(t)
-	p := startCaddy(t, "", fmt.Sprintf("\tlongpoll {\n\t\tpoll_timeout 1s\n\t}\n\treverse_proxy %s\n", up.addr()))
+	p := startCaddy(t, "", fmt.Sprintf("\tlongpoll {\n\t\tinterval 500ms\n\t\tpoll_timeout 1s\n\t}\n\treverse_proxy %s\n", up.addr()))
 	c := faultClient(t)
-	r := send(c, "GET", p.base+"/cookie-stall", "Prefer", "wait=3", "If-None-Match", `"a-version"`)
-	t.Logf("passed through to a stalling upstream: %d after %v (%v)", r.status, r.elapsed, r.err)
-	if r.elapsed > 3*time.Second+time.Second+time.Second {
-		t.Errorf("answered after %v, want within its wait plus poll_timeout (4s)", r.elapsed)
+	etag := send(c, "GET", p.base+"/cookie-stall", "Prefer", "wait=3").header.Get("Etag")
+	if etag == "" {
+		t.Fatal("no ETag from a shareable answer")
+	}
+	held := make(chan reply, 1)
+	go func() { held <- send(c, "GET", p.base+"/cookie-stall", "Prefer", "wait=3", "If-None-Match", etag) }()
+	time.Sleep(time.Second)
+	up.cookies.Store(true) // the next poll gets a cookie; the request passed on stalls
+	r := <-held
+	t.Logf("held, then passed through to a stalling upstream: %d after %v (%v)", r.status, r.elapsed, r.err)
+	if r.elapsed < time.Second || r.elapsed > 3*time.Second+time.Second+time.Second {
+		t.Errorf("answered after %v, want after its hold began (1s) and within its wait plus poll_timeout (4s)", r.elapsed)
 	}
 	if r.err == nil && r.status == http.StatusOK && r.body == "" {
-		// headers came, the body never: the connection is cut, so a
-		// client cannot take this for a complete answer
+		// headers came, the body never: the connection must be cut, so
+		// that a client cannot take this for a complete answer
 		t.Errorf("got 200 with an empty body and no error, want a failed or cut response")
+	}
+}
+
+// php_fastcgi's client reads without a deadline, and ignores the poll's
+// context: a backend that stalls must still fail the poll at poll_timeout,
+// so that held clients get 502, not the last representation as current.
+func TestFaultsStalledFastCGI(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stall atomic.Bool
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck); ln.Close() })
+	go fcgi.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if stall.Load() {
+			<-stuck
+			return
+		}
+		_, _ = io.WriteString(w, "from php")
+	}))
+	root := t.TempDir()
+	if err := os.WriteFile(root+"/index.php", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startCaddy(t, "", fmt.Sprintf("\troot * %s\n\tlongpoll {\n\t\tinterval 500ms\n\t\tpoll_timeout 1s\n\t}\n\tphp_fastcgi %s\n", root, ln.Addr()))
+	c := faultClient(t)
+	first := send(c, "GET", p.base+"/index.php", "Prefer", "wait=3")
+	if first.status != http.StatusOK || first.body != "from php" {
+		t.Fatalf("first answer: got %d %q, want 200 \"from php\"", first.status, first.body)
+	}
+	stall.Store(true)
+	r := send(c, "GET", p.base+"/index.php", "Prefer", "wait=4", "If-None-Match", first.header.Get("Etag"))
+	t.Logf("held while the FastCGI backend stalls: %d after %v", r.status, r.elapsed)
+	if r.status != http.StatusBadGateway || r.elapsed > 4*time.Second+time.Second+time.Second {
+		t.Errorf("got %d after %v, want 502 within the wait plus poll_timeout (not a 304 calling the old answer current)", r.status, r.elapsed)
+	}
+}
+
+// A representation that the watches with held requests leave no room for
+// in max_memory is not kept, and its clients are refused with 503, not
+// passed through: every client loop would otherwise cost the upstream a
+// request per round trip.
+func TestFaultsOverMemoryBudget(t *testing.T) {
+	up := newFaultUpstream(t)
+	p := startCaddy(t, "", fmt.Sprintf("\tlongpoll {\n\t\tmax_memory 2MiB\n\t}\n\treverse_proxy %s\n", up.addr()))
+	c := faultClient(t)
+	etag := send(c, "GET", p.base+"/big?k=0", "Prefer", "wait=5").header.Get("Etag")
+	done := make(chan []reply, 1)
+	go func() {
+		done <- sendMany(3, func(i int) reply { // three 512 KiB watches held: 1.5 MiB
+			return send(c, "GET", fmt.Sprintf("%s/big?k=%d", p.base, i), "Prefer", "wait=4", "If-None-Match", etag)
+		})
+	}()
+	time.Sleep(time.Second) // held
+	before := up.count("/big")
+	refused := sendMany(20, func(int) reply { return send(c, "GET", p.base+"/big?k=over", "Prefer", "wait=3") })
+	for i, r := range refused {
+		if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+			t.Errorf("request %d over the budget: got %d, want 503 with Retry-After", i, r.status)
+		}
+	}
+	if n := up.count("/big") - before; n > 3 {
+		t.Errorf("20 requests over the budget: the upstream got %d requests, want the watch's polls only (at most 3)", n)
+	}
+	if got := p.metric(t, `caddy_longpoll_rejected_total{cap="max_memory"}`); got != 20 {
+		t.Errorf("rejected_total{cap=max_memory}: got %v, want 20", got)
+	}
+	for i, r := range <-done {
+		if r.status != http.StatusNotModified {
+			t.Errorf("held request %d: got %d, want 304 (held, within the budget)", i, r.status)
+		}
 	}
 }
 

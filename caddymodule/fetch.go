@@ -105,8 +105,17 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 		repl.Set("http.auth.user.id", f.authID)
 	}
 
-	if err := serve(f.route.next, rec, req); err != nil && !rec.TooLarge() {
-		if status := clientErrorStatus(err); status != 0 && !rec.Started() {
+	err := serve(f.route.next, rec, req)
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// An upstream that stalls, before its headers or after them, or
+		// sends its body slowly, has failed this poll, whatever it wrote
+		// (or whatever status a handler made of its cancellation): the
+		// watch backs off, as for any failure. Passing its waiters
+		// through instead would send each of them to that upstream.
+		return nil, &longpoll.UpstreamError{Status: http.StatusGatewayTimeout, Err: longpoll.ErrPollTimeout}
+	}
+	if err != nil && !rec.TooLarge() {
+		if status := clientErrorStatus(err); status != 0 && !rec.Started() && ctx.Err() == nil {
 			// file_server, error and other handlers report a missing or
 			// forbidden resource as an error rather than write it: it is
 			// a representation all the same, which a client may wait on
@@ -116,31 +125,21 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 		}
 		return nil, upstreamError(err)
 	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		// An upstream that stalls, before its headers or after them, or
-		// sends its body slowly, has failed this poll, whatever it wrote:
-		// the watch backs off, as for any failure. Passing its waiters
-		// through instead would send each of them to that upstream.
-		return nil, &longpoll.UpstreamError{Status: http.StatusGatewayTimeout, Err: errPollTimeout}
-	}
 	return rec.Result(req.Header, prev)
 }
 
-// errPollTimeout is the failure of a poll that did not end within
-// poll_timeout.
-var errPollTimeout = errors.New("no complete response within poll_timeout")
-
 // clientErrorStatus returns the status of a handler error that describes
 // the resource rather than a failure to reach it: a client error (4xx)
-// other than 408 and 429, which say "try again later". It returns 0 for
-// any other error.
+// other than 408 and 429, which say "try again later", and 499, which
+// reverse_proxy makes of a cancelled request. It returns 0 for any other
+// error.
 func clientErrorStatus(err error) int {
 	var he caddyhttp.HandlerError
 	if !errors.As(err, &he) {
 		return 0
 	}
 	switch s := he.StatusCode; {
-	case s < 400 || s > 499, s == http.StatusRequestTimeout, s == http.StatusTooManyRequests:
+	case s < 400 || s >= 499, s == http.StatusRequestTimeout, s == http.StatusTooManyRequests:
 		return 0
 	default:
 		return s

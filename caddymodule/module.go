@@ -113,13 +113,14 @@ type Handler struct {
 	MaxWaiters int `json:"max_waiters,omitempty"`
 
 	// The most requests held at once for one client address (Caddy's client
-	// IP, which honours `trusted_proxies`). Past it, long-poll requests are
+	// IP, which honours `trusted_proxies`; an IPv6 client counts by its /64
+	// network, which one host can hold whole). Past it, long-poll requests are
 	// answered `429 Too Many Requests` with `Retry-After`. Many clients can
 	// share an address behind NAT, so there is no cap by default: `0`.
 	MaxWaitersPerClient int `json:"max_waiters_per_client,omitempty"`
 
-	// The most watches (distinct keys) one client address holds requests
-	// on at once. Each watch polls the upstream every `interval`, so one
+	// The most watches (distinct keys) one client address (as for
+	// `max_waiters_per_client`) holds requests on at once. Each watch polls the upstream every `interval`, so one
 	// client holding requests on many keys (distinct query strings, say)
 	// would make the upstream pay per key. Past it, long-poll requests on
 	// another key are answered `429 Too Many Requests` with `Retry-After`.
@@ -129,8 +130,9 @@ type Handler struct {
 	MaxWatchesPerClient int `json:"max_watches_per_client,omitempty"`
 
 	// The most watches polling at once (those with held requests): the
-	// upstream gets at most `max_watches` requests per `interval` from
-	// this handler. Past it, a long-poll request that would start a watch
+	// upstream gets at most `max_watches` polls per `interval` from this
+	// handler (notifications, at most one poll per watch per 100ms, come
+	// on top). Past it, a long-poll request that would start a watch
 	// is answered `503 Service Unavailable` with `Retry-After`. A negative
 	// value removes the cap. Default: `10000`.
 	MaxWatches int `json:"max_watches,omitempty"`
@@ -139,9 +141,10 @@ type Handler struct {
 	// representations they keep (bodies up to `max_body`) and about 1 KiB
 	// per watch. Past it, idle watches (kept for `idle_ttl` after their
 	// last client) are dropped, the longest idle first; a representation
-	// that the watches with held requests leave no room for is not kept,
-	// and its watch passes its requests through. A negative value removes
-	// the bound. Default: 256 MiB.
+	// that the watches with held requests leave no room for is not kept:
+	// its clients are answered `503` with `Retry-After`, and its watch
+	// backs off. At least twice `max_body`; a negative value removes the
+	// bound. Default: 256 MiB.
 	MaxMemory int64 `json:"max_memory,omitempty"`
 
 	// The topic of a request's watch, as a template of placeholders: the
@@ -281,8 +284,8 @@ func (h *Handler) Validate() error {
 	check(h.IdleTTL < 0, "idle_ttl must not be negative, got %v", time.Duration(h.IdleTTL))
 	check(h.PollTimeout <= 0, "poll_timeout must be positive, got %v", time.Duration(h.PollTimeout))
 	check(h.MaxBody <= 0, "max_body must be positive, got %d", h.MaxBody)
-	check(h.MaxMemory > 0 && h.MaxMemory < h.MaxBody,
-		"max_memory (%d) must be at least max_body (%d), or no representation fits", h.MaxMemory, h.MaxBody)
+	check(h.MaxMemory > 0 && h.MaxMemory < 2*h.MaxBody,
+		"max_memory (%d) must be at least twice max_body (%d), room for a representation of max_body and more", h.MaxMemory, h.MaxBody)
 	check(h.MaxWaitersPerClient < 0, "max_waiters_per_client must not be negative, got %d", h.MaxWaitersPerClient)
 	if h.Key != "" {
 		if err := checkKeyTemplate(h.Key); err != nil {

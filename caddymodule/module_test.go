@@ -74,7 +74,9 @@ func TestValidate(t *testing.T) {
 		{name: "negative max_body", h: Handler{MaxBody: -1}, wantErr: []string{"max_body must be positive"}},
 		{name: "negative max_waiters_per_client", h: Handler{MaxWaitersPerClient: -1}, wantErr: []string{"max_waiters_per_client must not be negative"}},
 		{name: "negative caps and budget remove them", h: Handler{MaxWatches: -1, MaxWatchesPerClient: -1, MaxMemory: -1}},
-		{name: "max_memory below max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 1 << 20}, wantErr: []string{"max_memory (1048576) must be at least max_body (2097152)"}},
+		{name: "max_memory below max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 1 << 20}, wantErr: []string{"max_memory (1048576) must be at least twice max_body (2097152)"}},
+		{name: "max_memory below twice max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 4<<20 - 1}, wantErr: []string{"must be at least twice max_body"}},
+		{name: "max_memory twice max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 4 << 20}},
 		// A key that resolves to the same string for every request would make
 		// different resources share one response: a Caddyfile shorthand in
 		// JSON (unknown there, so replaced by "") or no placeholder at all.

@@ -62,6 +62,12 @@ func warnUnreachable(ctx caddy.Context, logger *zap.Logger) {
 		return
 	}
 	for _, u := range findUnreachable(routeNodes(srv.Routes), "") {
+		if u.after == "php_fastcgi" {
+			// its routes serve files that exist, and pass the rest on
+			logger.Warn("longpoll comes after php_fastcgi, in the same route: only requests for static files that exist reach it, so it holds none of the PHP answers; put it before php_fastcgi (see the README, Caddyfile config)",
+				zap.String("server", srv.Name()), zap.String("after", u.after))
+			continue
+		}
 		logger.Warn("longpoll comes after a handler that answers every request, in the same route: no request reaches it, so it holds nothing; put it before that handler (see the README, Caddyfile config)",
 			zap.String("server", srv.Name()), zap.String("after", u.after))
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"time"
@@ -84,7 +85,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	sub.Close()
 	ticket.Release()
 	if end.st != nil && end.st.Closed && !caddy.Exiting() {
-		h.spreadAnswer(r)
+		h.spreadAnswer(r, lp.wait-end.heldFor)
 	}
 
 	repl.Set("http.longpoll.wait", int(lp.wait/time.Second))
@@ -140,7 +141,7 @@ func (h *Handler) fitWait(w http.ResponseWriter, r *http.Request, lp *longPoll) 
 // nothing is held.
 func (h *Handler) admit(r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, clientIP string) (longpoll.Ticket, *longpoll.Subscription, error) {
 	key := h.requestKey(r, repl)
-	ticket, err := h.hub.limiter.Acquire(clientIP, key, longpoll.Caps{
+	ticket, err := h.hub.limiter.Acquire(clientAddress(clientIP), key, longpoll.Caps{
 		Total: h.MaxWaiters, PerClient: h.MaxWaitersPerClient, WatchesPerClient: h.MaxWatchesPerClient,
 	})
 	if err != nil {
@@ -160,18 +161,36 @@ func (h *Handler) admit(r *http.Request, next caddyhttp.Handler, repl *caddy.Rep
 	return ticket, sub, nil
 }
 
+// clientAddress is what the per-client caps count a client by: its IP
+// address, or for IPv6, its /64 network, which one host can hold whole
+// (a client could otherwise take a new address for every request).
+func clientAddress(ip string) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil || addr.Unmap().Is4() {
+		return ip
+	}
+	prefix, err := addr.Prefix(64)
+	if err != nil {
+		return ip
+	}
+	return prefix.String()
+}
+
 // replaceSpread is how long the answers of held requests are spread over
 // when their engine is replaced by a reload: answered all at once, they
 // would all come back at once, into the listeners the reload hands over.
 const replaceSpread = 3 * time.Second
 
-// spreadAnswer waits a random part of replaceSpread, or until the client
-// leaves.
+// spreadAnswer waits a random part of replaceSpread, never past what is
+// left of the request's wait, or until the client leaves.
 //
 //go:noinline
-func (h *Handler) spreadAnswer(r *http.Request) {
+func (h *Handler) spreadAnswer(r *http.Request, left time.Duration) {
+	if left <= 0 {
+		return
+	}
 	select {
-	case <-h.hub.deadlines.After(rand.N(replaceSpread)):
+	case <-h.hub.deadlines.After(rand.N(min(replaceSpread, left))):
 	case <-r.Context().Done():
 	}
 }
@@ -276,7 +295,15 @@ func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddy
 	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
 		ended && st.Snapshot == nil && st.Failure == nil:
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		if !end.held {
+			return outcomePassthrough, next.ServeHTTP(w, r)
+		}
 		return outcomePassthrough, h.passOn(w, r, next, lp.wait-end.heldFor+time.Duration(h.PollTimeout))
+	case st.Failure != nil && errors.Is(st.Failure.Err, longpoll.ErrOverBudget):
+		// Over max_memory: refused like a request over a cap, not passed
+		// to the upstream, which would pay for every client's loop.
+		repl.Set("http.longpoll.outcome", outcomeRejected)
+		return outcomeRejected, h.reject(w, st.Failure.Err)
 	case st.Failure != nil:
 		repl.Set("http.longpoll.outcome", outcomeError)
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(st.Failure.RetryAfter.Seconds()+0.5))))
@@ -287,10 +314,10 @@ func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddy
 	return outcomeError, caddyhttp.Error(http.StatusGatewayTimeout, errors.New("upstream gave no answer within the wait"))
 }
 
-// passOn hands a long-poll request to the next handler, for no longer than
-// limit: what is left of its wait, plus poll_timeout. A client that asked
-// to wait N seconds is not kept much longer by a slow upstream, whatever
-// state its watch was in.
+// passOn hands a held long-poll request to the next handler (its watch can
+// no longer share a representation), for no longer than limit: what is
+// left of its wait, plus poll_timeout. A client that asked to wait N
+// seconds is not kept much longer by a slow upstream.
 func (h *Handler) passOn(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(r.Context(), max(limit, time.Duration(h.PollTimeout)))
 	defer cancel()
@@ -327,6 +354,7 @@ type capRule struct {
 }
 
 var capRules = map[error]capRule{
+	longpoll.ErrOverBudget:              {"max_memory", http.StatusServiceUnavailable, func(h *Handler) int { return int(h.MaxMemory) }},
 	longpoll.ErrTooManyWaiters:          {"max_waiters", http.StatusServiceUnavailable, func(h *Handler) int { return h.MaxWaiters }},
 	longpoll.ErrTooManyWatches:          {"max_watches", http.StatusServiceUnavailable, func(h *Handler) int { return h.MaxWatches }},
 	longpoll.ErrTooManyForClient:        {"max_waiters_per_client", http.StatusTooManyRequests, func(h *Handler) int { return h.MaxWaitersPerClient }},
@@ -334,7 +362,7 @@ var capRules = map[error]capRule{
 }
 
 // capNames are the names of the caps, as the metrics label rejections.
-var capNames = []string{"max_waiters", "max_watches", "max_waiters_per_client", "max_watches_per_client"}
+var capNames = []string{"max_waiters", "max_watches", "max_waiters_per_client", "max_watches_per_client", "max_memory"}
 
 func capOf(err error) capRule {
 	for e, c := range capRules {

@@ -474,3 +474,23 @@ func TestRequestKey(t *testing.T) {
 		})
 	}
 }
+
+// TestClientAddress checks what the per-client caps count a client by: an
+// IPv4 address, or an IPv6 /64, which one host can hold whole and would
+// otherwise take a new address for every request.
+func TestClientAddress(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7":            "192.0.2.7",
+		"::ffff:192.0.2.7":     "::ffff:192.0.2.7",
+		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::1": "2001:db8:1:2::/64",
+		"2001:db8:1:3::1":      "2001:db8:1:3::/64",
+		"fe80::1%eth0":         "fe80::/64",
+		"":                     "",
+		"not an address":       "not an address",
+	} {
+		if got := clientAddress(in); got != want {
+			t.Errorf("clientAddress(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

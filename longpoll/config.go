@@ -44,7 +44,8 @@ type Config struct {
 	// MaxMemory bounds, in bytes, what the watches hold (snapshots, and
 	// about 1 KiB per watch): past it, idle watches are forgotten, the
 	// longest idle first, and a snapshot that the watches with subscribers
-	// leave no room for is not kept. 0 or less: no bound.
+	// leave no room for is not kept (the poll fails with ErrOverBudget).
+	// 0 or less: no bound.
 	MaxMemory int64
 	// MaxActive bounds the watches with subscribers, which poll: a
 	// subscription that would make one more fails with ErrTooManyWatches.

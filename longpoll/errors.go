@@ -16,6 +16,15 @@ var ErrClosed = errors.New("longpoll: engine closed")
 // have subscribers already and the subscription would make one more.
 var ErrTooManyWatches = errors.New("longpoll: too many watches polling")
 
+// ErrPollTimeout is the error of a poll that did not end within
+// Config.PollTimeout, whatever stage it reached.
+var ErrPollTimeout = errors.New("longpoll: no complete response within the poll timeout")
+
+// ErrOverBudget is the error of a poll whose representation does not fit
+// in Config.MaxMemory beside those of the watches with subscribers: the
+// watch fails the poll (and backs off) rather than keep it.
+var ErrOverBudget = errors.New("longpoll: the watches with subscribers hold the memory budget already")
+
 // ErrUncacheable is returned (wrapped) by a Fetcher when the upstream's
 // response cannot be held and shared safely: a body over the size limit, a
 // response that sets cookies, a streamed response. The watch then stops

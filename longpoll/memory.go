@@ -4,7 +4,6 @@
 package longpoll
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -14,17 +13,15 @@ import (
 // limit) for as long as they live, idle ones too, and anybody can make a
 // watch with one request for a new key. Config.MaxMemory bounds what they
 // hold: past it, idle watches are forgotten, the longest idle first; and a
-// snapshot that the watches with subscribers alone cannot make room for is
-// not kept (the watch passes its requests through, as for a body over the
-// size limit).
+// snapshot that the watches with subscribers alone leave no room for is not
+// kept: the poll fails with ErrOverBudget, and the watch backs off as for
+// any failure (its subscribers are to be refused, not passed through, which
+// would send each of them to the upstream).
 
 // watchOverhead is what a watch costs besides its snapshot: the watch, its
 // state, timer and map entries. It is counted against Config.MaxMemory, so
 // that many watches with tiny bodies are bounded too.
 const watchOverhead = 1024
-
-// errOverBudget is the reason a snapshot is not kept.
-var errOverBudget = errors.New("the watches with subscribers hold the memory budget already")
 
 // Size returns the memory the snapshot holds, roughly: its body and its
 // header fields.
@@ -66,7 +63,7 @@ func (w *watch) account(size int64) {
 	if w.subs > 0 {
 		e.activeBytes.Add(delta)
 	}
-	if delta > 0 && e.cfg.MaxMemory > 0 && e.bytes.Load() > e.cfg.MaxMemory {
+	if delta > 0 {
 		e.kickEviction()
 	}
 }
@@ -90,26 +87,49 @@ func (w *watch) overBudget(snap *Snapshot) error {
 		return nil
 	}
 	if w.e.activeBytes.Load()-w.size+watchOverhead+snap.Size() > limit {
-		return fmt.Errorf("%w: %w (%d bytes)", ErrUncacheable, errOverBudget, limit)
+		return &UpstreamError{Err: fmt.Errorf("%w (%d bytes)", ErrOverBudget, limit)}
 	}
 	return nil
 }
 
-// kickEviction starts an eviction run unless one is under way.
+// mustEvict reports whether the engine holds more than its budget, and
+// idle watches hold some of it: evicting can help.
+func (e *Engine) mustEvict() bool {
+	limit := e.cfg.MaxMemory
+	bytes := e.bytes.Load()
+	return limit > 0 && bytes > limit && bytes > e.activeBytes.Load()
+}
+
+// kickEviction starts an eviction run if one is needed and none is under
+// way.
 func (e *Engine) kickEviction() {
-	if e.evicting.CompareAndSwap(false, true) {
-		go e.evict()
+	if e.mustEvict() && e.evicting.CompareAndSwap(false, true) {
+		go e.evictRuns()
+	}
+}
+
+// evictRuns evicts until no run is needed, or one finds nothing to evict
+// (the idle watches all have a poll in flight; the poll's end kicks again).
+// The flag is cleared before the last check, so that a kick that came
+// during a run is never lost.
+func (e *Engine) evictRuns() {
+	for {
+		n := e.evict()
+		e.evicting.Store(false)
+		if n == 0 || !e.mustEvict() || !e.evicting.CompareAndSwap(false, true) {
+			return
+		}
 	}
 }
 
 // evict forgets idle watches, the longest idle first, until the engine
-// holds at most nine tenths of its budget, or no idle watch is left.
-func (e *Engine) evict() {
-	defer e.evicting.Store(false)
+// holds at most nine tenths of its budget, or no idle watch is left. It
+// returns how many it forgot.
+func (e *Engine) evict() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed || e.bytes.Load() <= e.cfg.MaxMemory {
-		return
+	if e.closed || !e.mustEvict() {
+		return 0
 	}
 	type candidate struct {
 		w     *watch
@@ -144,6 +164,7 @@ func (e *Engine) evict() {
 	if n > 0 && e.observer != nil {
 		e.observer.Evicted(n)
 	}
+	return n
 }
 
 // idle reports whether w has no subscriber.

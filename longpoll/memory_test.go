@@ -4,6 +4,7 @@
 package longpoll_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -72,8 +73,10 @@ func TestMemoryBudgetEvictsIdleWatches(t *testing.T) {
 }
 
 // Watches with subscribers are never evicted: a snapshot that they leave
-// no room for is not kept, and its watch passes its requests through,
-// rather than the memory growing past the budget.
+// no room for is not kept, rather than the memory growing past the budget.
+// The poll fails with ErrOverBudget (its clients are to be refused, and the
+// watch backs off); passing its requests through instead would send every
+// client loop to the upstream.
 func TestMemoryBudgetRefusesOverActive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const body, budget = 300 << 10, 1 << 20
@@ -96,11 +99,20 @@ func TestMemoryBudgetRefusesOverActive(t *testing.T) {
 		sub := subscribe(t, e, longpoll.KeyOf("k", "4"), f)
 		held = append(held, sub)
 		st := fresh(t, sub)
-		if !st.Passthrough || st.Snapshot != nil {
-			t.Errorf("a fourth 300 KiB watch under a 1 MiB budget: got snapshot %v, passthrough %v; want pass-through", st.Snapshot != nil, st.Passthrough)
+		if st.Passthrough || st.Snapshot != nil || st.Failure == nil || !errors.Is(st.Failure.Err, longpoll.ErrOverBudget) {
+			t.Errorf("a fourth 300 KiB watch under a 1 MiB budget: got snapshot %v, passthrough %v, failure %v; want a failure with ErrOverBudget", st.Snapshot != nil, st.Passthrough, st.Failure)
 		}
 		if got := e.Stats().Bytes; got > budget {
 			t.Errorf("the watches hold %d bytes, want at most %d", got, budget)
+		}
+		// Room made (another watch's last subscriber left, and it is
+		// evicted): the watch keeps its representation at its next poll.
+		held[0].Close()
+		held = held[1:]
+		time.Sleep(time.Minute) // past the back-off
+		synctest.Wait()
+		if st := sub.State(); st.Snapshot == nil || st.Failure != nil {
+			t.Errorf("after room was made: got snapshot %v, failure %v; want the representation kept", st.Snapshot != nil, st.Failure)
 		}
 	})
 }
@@ -212,5 +224,52 @@ func TestBackoffRecovery(t *testing.T) {
 				t.Errorf("got %d polls, want 2", got)
 			}
 		})
+	})
+}
+
+// A Fetcher that ignores its context (Caddy's FastCGI client reads without
+// a deadline) must not keep its watch from failing at the poll timeout: the
+// clients would be given the last representation as current while the
+// upstream hangs. The late result is dropped, and no second poll starts
+// while the first has not returned.
+func TestPollTimeoutWithoutTheFetcher(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		f := newFake(func(_ context.Context, _ *longpoll.Snapshot, call int64) (*longpoll.Snapshot, error) {
+			if call == 2 {
+				<-release // ignores its context
+				return snapshotOf("late")
+			}
+			return snapshotOf(fmt.Sprint("v", call))
+		})
+		e := newEngine(t, longpoll.Config{Interval: time.Second, PollTimeout: 2 * time.Second})
+		defer e.Close()
+		sub := subscribe(t, e, testKey, f)
+		defer sub.Close()
+		first := fresh(t, sub)
+		time.Sleep(time.Second + 2*time.Second + time.Second) // the second poll, its timeout, and a grace
+		synctest.Wait()
+		st := sub.State()
+		if st.Failure == nil || !errors.Is(st.Failure.Err, longpoll.ErrPollTimeout) {
+			t.Fatalf("a poll stuck past the poll timeout: got failure %v, want ErrPollTimeout", st.Failure)
+		}
+		if st.Snapshot != first.Snapshot {
+			t.Errorf("the snapshot changed while the poll was stuck")
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if got := f.calls.Load(); got != 2 {
+			t.Errorf("while the second poll is stuck: got %d polls, want no third", got)
+		}
+		close(release)
+		synctest.Wait()
+		if st := sub.State(); st.Snapshot != nil && string(st.Snapshot.Body) == "late" {
+			t.Errorf("the late result of the stuck poll was published, want it dropped")
+		}
+		time.Sleep(time.Minute) // the back-off, then polls resume
+		synctest.Wait()
+		if st := sub.State(); st.Failure != nil || st.Snapshot == nil || string(st.Snapshot.Body) == "late" || f.calls.Load() < 3 {
+			t.Errorf("after the stuck poll returned: got %d polls, failure %v; want polling resumed", f.calls.Load(), st.Failure)
+		}
 	})
 }

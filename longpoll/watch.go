@@ -386,7 +386,7 @@ func (w *watch) onTimer() {
 // poll runs one poll and publishes its result.
 func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struct{}) {
 	ctx, cancel := context.WithTimeout(w.e.ctx, w.e.cfg.PollTimeout)
-	snap, err := w.fetch(ctx, f, prev)
+	snap, err, returned := w.fetchBounded(ctx, f, prev)
 	cancel()
 	if err == nil && snap == nil {
 		err = &UpstreamError{Err: errors.New("fetcher returned no snapshot")}
@@ -395,7 +395,9 @@ func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struc
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	defer close(done)
-	w.inflight, w.freshPoll = false, nil
+	// A Fetcher that has not returned still holds the watch's one poll:
+	// the next starts when it returns (unstick).
+	w.inflight, w.freshPoll = !returned, nil
 	w.polledAt = start
 	if w.gone {
 		return // the engine closed: the poll's end is no news
@@ -411,8 +413,8 @@ func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struc
 		w.failed(err)
 	default:
 		if err := w.overBudget(snap); err != nil {
-			result = PollUncacheable
-			w.uncacheable(err, end)
+			result = PollFailed
+			w.failed(err)
 			break
 		}
 		result = w.succeeded(snap, prev, end)
@@ -421,12 +423,70 @@ func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struc
 	if o := w.e.observer; o != nil {
 		o.Polled(result, end.Sub(start))
 	}
+	if returned {
+		w.next()
+	}
+}
+
+// next sets what follows a poll: the next poll, or the idle expiry. It must
+// be called with w.mu held, with no poll in flight.
+func (w *watch) next() {
 	if w.subs > 0 || w.again {
 		if !w.state.Load().Passthrough {
 			w.schedule()
 		}
 	} else {
 		w.timer.Reset(time.Until(w.idleDeadline()))
+	}
+}
+
+// pollGrace is how long a Fetcher has, once the poll's context has ended,
+// to return on its own before the poll is failed without it.
+const pollGrace = 250 * time.Millisecond
+
+// fetchBounded calls f, and returns by the end of ctx (and pollGrace)
+// whether f does or not: a Fetcher that ignores its context (a handler
+// whose reads have no deadline) must not keep a watch from failing, and so
+// from backing off and answering its clients. returned is false when f had
+// not returned: its late result is dropped, and the watch starts no other
+// poll until it returns.
+func (w *watch) fetchBounded(ctx context.Context, f Fetcher, prev *Snapshot) (snap *Snapshot, err error, returned bool) {
+	type result struct {
+		snap *Snapshot
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		s, e := w.fetch(ctx, f, prev)
+		res <- result{s, e}
+	}()
+	select {
+	case r := <-res:
+		return r.snap, r.err, true
+	case <-ctx.Done():
+	}
+	grace := time.NewTimer(pollGrace)
+	defer grace.Stop()
+	select {
+	case r := <-res:
+		return r.snap, r.err, true
+	case <-grace.C:
+	}
+	go func() {
+		<-res
+		w.unstick()
+	}()
+	return nil, &UpstreamError{Err: ErrPollTimeout}, false
+}
+
+// unstick ends the poll of a Fetcher that returned after its poll was
+// failed without it.
+func (w *watch) unstick() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.inflight = false
+	if !w.gone {
+		w.next()
 	}
 }
 
@@ -479,15 +539,26 @@ func (w *watch) failed(err error) {
 	next := *cur
 	next.Failure = &Failure{Err: err, RetryAfter: d, Count: w.failures}
 	w.publish(&next, cur.Pending())
-	if w.failures == 1 {
-		// once per transition: the first failure of a run, never per poll
-		w.e.logger().Error("upstream poll failing", zap.String("watch", w.key.Short()),
-			zap.String("topic", w.topic), zap.Error(err), zap.Duration("retry_in", d))
+	if w.failures > 1 {
+		return
 	}
+	// once per transition: the first failure of a run, never per poll
+	if errors.Is(err, ErrOverBudget) {
+		w.e.logger().Warn("memory budget reached: a representation is not kept, and its clients are refused",
+			zap.String("watch", w.key.Short()), zap.String("topic", w.topic), zap.Duration("retry_in", d))
+		return
+	}
+	w.e.logger().Error("upstream poll failing", zap.String("watch", w.key.Short()),
+		zap.String("topic", w.topic), zap.Error(err), zap.Duration("retry_in", d))
 }
 
 // logRecovered logs the end of a run of failed polls, once per run.
 func (w *watch) logRecovered() {
+	if f := w.state.Load().Failure; f != nil && errors.Is(f.Err, ErrOverBudget) {
+		w.e.logger().Info("memory budget: the representation is kept again", zap.String("watch", w.key.Short()),
+			zap.String("topic", w.topic), zap.Int("failed_polls", w.failures))
+		return
+	}
 	w.e.logger().Warn("upstream poll recovered", zap.String("watch", w.key.Short()),
 		zap.String("topic", w.topic), zap.Int("failed_polls", w.failures))
 }
