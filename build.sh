@@ -29,7 +29,7 @@ fi
 proxy=$(go env GOPROXY | cut -d, -f1 | cut -d'|' -f1)
 case "$proxy" in off | direct) ;; *) export GOPROXY="$proxy|off" ;; esac
 
-say "building Caddy $CADDY_VERSION with the module from this checkout (first build: about 4 minutes)"
+say "building Caddy $CADDY_VERSION with the module from this checkout (first build: 2 to 5 minutes)"
 CADDY_VERSION=$CADDY_VERSION quietly "$XCADDY" build \
 	--output ./caddy \
 	--with "$MODULE/caddymodule" \

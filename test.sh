@@ -9,5 +9,5 @@ cd "$(dirname "$0")"
 
 say "downloading the Go modules (once)"
 quietly go mod download
-say "go test -race ${*:-./...}   (first run: about 5 minutes)"
+say "go test -race ${*:-./...}   (first run: 5 to 7 minutes)"
 with_progress go test -race "${@:-./...}"
