@@ -170,7 +170,7 @@ func byWaiters(a, b hubWatch) int {
 func (hw hubWatch) describe() watchView {
 	info := hw.info
 	v := watchView{
-		Watch: info.Key.Short(), Topic: info.Topic, Group: hw.hb.group,
+		Watch: info.Key.Short(), Topic: info.Topic, Group: hw.hb.groupName(),
 		Waiters: info.Waiters, Interval: hw.hb.engine.Config().Interval.String(),
 		LastPoll: info.LastPoll, LastChange: info.LastChange,
 		ConsecutiveErrors: info.Failures, ETag: info.ETag,
@@ -184,8 +184,6 @@ func (hw hubWatch) describe() watchView {
 	switch {
 	case info.Passthrough:
 		v.State = "passthrough"
-	case info.Detached:
-		v.State = "detached"
 	case info.Failures > 0:
 		v.State = "failing"
 	case info.Waiters > 0:

@@ -32,11 +32,11 @@ func BenchmarkAdminWatches100k(b *testing.B) {
 		b.Fatal(err)
 	}
 	fetch := func() longpoll.Fetcher {
-		return longpoll.FetcherFunc(func(context.Context, *longpoll.Snapshot) (*longpoll.Snapshot, error) { return snap, nil })
+		return longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) { return snap, nil })
 	}
 	subs := make([]*longpoll.Subscription, 0, n)
 	for i := range n {
-		sub, err := h.hub.engine.Subscribe(longpoll.KeyOf(strconv.Itoa(i)), "/r/"+strconv.Itoa(i%1000), h.gen, fetch)
+		sub, err := h.hub.engine.Join(longpoll.KeyOf(strconv.Itoa(i)), "/r/"+strconv.Itoa(i%1000), fetch)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -71,13 +71,13 @@ func TestCollectWatchesTopK(t *testing.T) {
 	h := &Handler{Key: "test:" + t.Name() + ":{http.request.uri}", Interval: caddy.Duration(50 * time.Second)}
 	provision(t, newTestContext(t), h)
 	fetch := func() longpoll.Fetcher {
-		return longpoll.FetcherFunc(func(context.Context, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+		return longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 			return longpoll.NewSnapshot(http.StatusOK, nil, []byte("x"), nil)
 		})
 	}
 	for i := range 300 {
 		for range (i*37)%11 + 1 { // waiters from 1 to 11, many ties
-			sub, err := h.hub.engine.Subscribe(longpoll.KeyOf(strconv.Itoa(i)), "/r/"+strconv.Itoa(i%7), h.gen, fetch)
+			sub, err := h.hub.engine.Join(longpoll.KeyOf(strconv.Itoa(i)), "/r/"+strconv.Itoa(i%7), fetch)
 			if err != nil {
 				t.Fatal(err)
 			}

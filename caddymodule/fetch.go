@@ -19,7 +19,6 @@ import (
 // reference to that request: every poll gets its own copy, its own context
 // (which does not end when a client leaves), and its own replacer and vars.
 type fetcher struct {
-	route   *route         // the handler chain polls go through
 	tmpl    *http.Request  // no body, no context values
 	values  []ctxValue     // connection-level context values to carry over
 	vars    map[string]any // copied from the waiter's vars
@@ -44,7 +43,7 @@ var pollHeaders = []string{
 
 // newFetcher builds the fetcher for a watch from its first waiter's
 // request. It runs on that request's goroutine, which owns r's vars.
-func newFetcher(r *http.Request, rt *route, maxBody int64) *fetcher {
+func newFetcher(r *http.Request, maxBody int64) *fetcher {
 	// A HEAD long-poll polls with HEAD, in a watch of its own: the upstream
 	// never sees a request that the route would not have let through as
 	// it came (a GET where only HEAD was allowed).
@@ -54,7 +53,7 @@ func newFetcher(r *http.Request, rt *route, maxBody int64) *fetcher {
 		delete(tmpl.Header, name)
 	}
 
-	f := &fetcher{route: rt, tmpl: tmpl, maxBody: maxBody}
+	f := &fetcher{tmpl: tmpl, maxBody: maxBody}
 	ctx := r.Context()
 	for _, k := range []any{http.ServerContextKey, http.LocalAddrContextKey} {
 		if v := ctx.Value(k); v != nil {
@@ -73,9 +72,18 @@ func newFetcher(r *http.Request, rt *route, maxBody int64) *fetcher {
 	return f
 }
 
-// Fetch polls once. A poll is conditional on the upstream's own validators
-// when the last one gave any, so that an unchanged upstream answers 304.
-func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+// Fetch polls once, through rv (the *route of the config in service). A
+// poll is conditional on the upstream's own validators when the last one
+// gave any, so that an unchanged upstream answers 304.
+func (f *fetcher) Fetch(ctx context.Context, rv any, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	rt, ok := rv.(*route)
+	if !ok {
+		return nil, &longpoll.UpstreamError{Err: errors.New("poll without a route")}
+	}
+	next, err := rt.handler()
+	if err != nil {
+		return nil, err
+	}
 	for _, v := range f.values {
 		ctx = context.WithValue(ctx, v.key, v.val)
 	}
@@ -93,7 +101,7 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 		rec.ForHead()
 	}
 	repl := caddy.NewReplacer()
-	req = caddyhttp.PrepareRequest(req, repl, rec, f.route.server)
+	req = caddyhttp.PrepareRequest(req, repl, rec, rt.server)
 	if vars, ok := req.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
 		for k, v := range f.vars {
 			if _, set := vars[k]; !set {
@@ -105,7 +113,7 @@ func (f *fetcher) Fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll
 		repl.Set("http.auth.user.id", f.authID)
 	}
 
-	err := serve(f.route.next, rec, req)
+	err = serve(next, rec, req)
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		// An upstream that stalls, before its headers or after them, or
 		// sends its body slowly, has failed this poll, whatever it wrote

@@ -147,11 +147,17 @@ func (m *metricSet) rejected(c string) {
 	}
 }
 
-// pollObserver reports an engine's polls.
-type pollObserver struct{ m *metricSet }
+// pollObserver reports an engine's polls, while its hub has metrics on.
+type pollObserver struct {
+	m  *metricSet
+	hb *hub
+}
 
 // Polled implements longpoll.Observer.
 func (o pollObserver) Polled(r longpoll.PollResult, took time.Duration) {
+	if !o.hb.metrics.Load() {
+		return
+	}
 	if int(r) < len(o.m.polls) {
 		o.m.polls[r].Inc()
 	}
@@ -159,7 +165,11 @@ func (o pollObserver) Polled(r longpoll.PollResult, took time.Duration) {
 }
 
 // Evicted implements longpoll.Observer.
-func (o pollObserver) Evicted(n int) { o.m.evicted.Add(float64(n)) }
+func (o pollObserver) Evicted(n int) {
+	if o.hb.metrics.Load() {
+		o.m.evicted.Add(float64(n))
+	}
+}
 
 // gaugeCollector reports the held requests and watches of every running
 // hub with metrics on, read when the metrics are scraped: nothing is counted
@@ -180,7 +190,7 @@ func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	var held, active, all int
 	var bytes int64
 	for _, hb := range runningHubs() {
-		if hb.metrics {
+		if hb.metrics.Load() {
 			st := hb.engine.Stats()
 			held += hb.limiter.Held()
 			active += st.Active

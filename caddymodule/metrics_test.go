@@ -295,7 +295,7 @@ func TestMetricsDisabled(t *testing.T) {
 				t.Errorf("config registry has %s, want no longpoll metric with disable_metrics", mf.GetName())
 			}
 		}
-		if h.hub.metrics {
+		if h.hub.metrics.Load() {
 			t.Error("hub of a handler with disable_metrics reports to the gauges, want it left out")
 		}
 	})

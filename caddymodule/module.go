@@ -170,13 +170,13 @@ type Handler struct {
 
 	hub     *hub
 	poolKey string
-	gen     uint64
+	route   *route          // what polls go through in this handler's config
+	routeH  *longpoll.Route // the route, opened with the engine
 	logger  *zap.Logger
 	debug   bool // the logger takes debug lines: log each request
 	cleaned bool
 
-	prevLog            *zap.Logger // the hub's logger before this handler's
-	server, prevServer *string     // the hub's server name from this handler, and before it
+	serverName string // its server's, for the admin view
 }
 
 // QueryParams names the query parameters that stand for `Prefer: wait=N`
@@ -211,15 +211,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("provisioning longpoll engine: %w", err)
 	}
 	h.hub, h.poolKey = hb, key
-	h.gen = hb.gen.Add(1)
-	// The hub logs where the newest config says, and is listed under its
-	// server's name; Cleanup puts back the previous ones if this config
-	// never replaces the running one (a reload that fails).
-	h.prevLog = hb.log.Swap(h.logger)
-	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		name := srv.Name()
-		h.server = &name
-		h.prevServer = hb.server.Swap(h.server)
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	h.route = &route{h: h, server: srv}
+	h.routeH = hb.engine.OpenRoute(h.route)
+	if srv != nil {
+		h.serverName = srv.Name()
+	}
+	// The newest config's settings apply to the running engine, its
+	// watches and subscribers; Cleanup gives the previous config's back if
+	// this one never replaces it (a reload that fails).
+	if err := hb.join(h); err != nil {
+		h.routeH.Close()
+		_, _ = hubs.Delete(key)
+		h.hub = nil
+		return fmt.Errorf("provisioning longpoll engine: %w", err)
 	}
 	if !h.DisableMetrics {
 		if err := metrics.register(ctx.GetMetricsRegistry()); err != nil {
@@ -348,13 +353,12 @@ func (h *Handler) Cleanup() error {
 	}
 	h.cleaned = true
 	// After a reload that failed, the running config's handler is the
-	// newest again: the hub goes back to its logger and server name. After
-	// one that succeeded, the newer handler's are in place, and stay.
-	h.hub.log.CompareAndSwap(h.logger, h.prevLog)
-	if h.server != nil {
-		h.hub.server.CompareAndSwap(h.server, h.prevServer)
-	}
-	h.hub.retire(h.gen)
+	// newest again: the hub takes its settings back. After one that
+	// succeeded, the newer handler's are in place, and stay.
+	h.hub.leave(h)
+	// Polls go back to the route of the config before, if this one never
+	// served (a reload that failed); else they have moved on already.
+	h.routeH.Close()
 	_, err := hubs.Delete(h.poolKey)
 	return err
 }

@@ -197,26 +197,49 @@ func TestProvisionSharesHubs(t *testing.T) {
 	if b2.hub != b1.hub {
 		t.Errorf("second handler of a reloaded config: got hub %s, want its predecessor's %s", b2.poolKey, b1.poolKey)
 	}
-	if a2.gen <= a1.gen {
-		t.Errorf("reloaded handler: got gen %d, want above its predecessor's %d", a2.gen, a1.gen)
+	if n := a1.hub.engine.Routes(); n != 2 || a2.route == a1.route {
+		t.Errorf("reloaded handler: got %d routes open, want 2 (the running config's and the new one's)", n)
 	}
 	if n, _ := hubs.References(a1.poolKey); n != 2 {
 		t.Errorf("hub %s: got %d references, want 2", a1.poolKey, n)
 	}
 
+	// Settings that do not change what a watch is apply to the running
+	// engine: a third config with another interval and other caps keeps
+	// the hub, and its engine polls at the new interval.
+	ctx3 := newTestContext(t)
+	tuned := settings()
+	tuned.Interval = caddy.Duration(2 * time.Second)
+	tuned.MaxWaiters, tuned.MaxMemory = 7, 64<<20
+	provision(t, ctx3, tuned)
+	if tuned.hub != a1.hub {
+		t.Errorf("handler with a new interval and caps: got hub %s, want its predecessor's %s", tuned.poolKey, a1.poolKey)
+	}
+	if cfg := a1.hub.engine.Config(); cfg.Interval != 2*time.Second || cfg.MaxMemory != 64<<20 {
+		t.Errorf("engine config after the new handler joined: interval %v, max memory %d; want 2s and 64 MiB", cfg.Interval, cfg.MaxMemory)
+	}
+	// A config that fails (cleaned up before it served) gives the running
+	// config's settings back.
+	if err := tuned.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg := a1.hub.engine.Config(); cfg.Interval != time.Second {
+		t.Errorf("engine config after the new handler left: interval %v, want the running config's 1s", cfg.Interval)
+	}
+
 	changed := settings()
-	changed.Interval = caddy.Duration(2 * time.Second)
+	changed.MaxBody = 4096
 	provision(t, ctx2, changed)
 	if changed.hub == a1.hub || changed.hub == b1.hub {
-		t.Errorf("handler with a changed interval: got a predecessor's hub %s, want a new one", changed.poolKey)
+		t.Errorf("handler with a changed max_body (what a watch holds): got a predecessor's hub %s, want a new one", changed.poolKey)
 	}
 }
 
 // subscribeProbe subscribes to a watch of hb's engine and leaves at once,
 // reporting whether the engine accepted the subscription.
 func subscribeProbe(hb *hub) error {
-	sub, err := hb.engine.Subscribe(longpoll.KeyOf("probe"), "t", 0, func() longpoll.Fetcher {
-		return longpoll.FetcherFunc(func(context.Context, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	sub, err := hb.engine.Join(longpoll.KeyOf("probe"), "t", func() longpoll.Fetcher {
+		return longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 			return longpoll.NewSnapshot(http.StatusOK, http.Header{}, []byte("probe"), http.Header{})
 		})
 	})

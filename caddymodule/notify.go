@@ -247,7 +247,7 @@ type groupNotifier string
 func (g groupNotifier) Notify(topics []string) int {
 	n := 0
 	for _, hb := range runningHubs() {
-		if g == "" || hb.group == string(g) {
+		if g == "" || hb.groupName() == string(g) {
 			n += hb.engine.Notify(topics)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,30 +24,79 @@ import (
 )
 
 // hubs holds the running engines so that they survive config reloads: a
-// handler whose settings did not change joins the engine of its predecessor,
-// with its warm watches and held requests.
+// handler whose watches would be the same (see identity) joins the engine of
+// its predecessor, with its warm watches, held requests and streams, and
+// its other settings apply to them from then on.
 var hubs = caddy.NewUsagePool()
 
-// hub is what handlers with the same settings share across reloads.
+// hub is what handlers whose watches are the same share across reloads.
+// Its settings are those of the newest handler still provisioned: a reload
+// that succeeds brings its own, one that fails (cleaned up before it
+// served) gives the running config's back.
 type hub struct {
-	group   string // the notification group of its handlers
 	engine  *longpoll.Engine
 	limiter longpoll.Limiter
 	// deadlines ends the waits of held requests, one timer per tenth of a
 	// second rather than one per request
-	deadlines longpoll.Deadlines
-	// gen counts the handlers that joined the hub; a watch moves to the
-	// poll path (next handler) of the newest one.
-	gen         atomic.Uint64
+	deadlines   longpoll.Deadlines
 	lastCapWarn atomic.Int64 // unix nanoseconds
 	stop        chan struct{}
-	// log is the logger of the newest handler: a hub outlives the config
-	// that made it, and its lines (an upstream failing, a config's watches
-	// detached) go where the running config's logging says.
+	id          uint64 // tells hubs apart in listings
+
+	mu       sync.Mutex
+	handlers []*Handler // provisioned and not cleaned up, oldest first
+
+	// The newest handler's settings, read without a lock. log: a hub
+	// outlives the config that made it, and its lines (an upstream failing)
+	// go where the running config's logging says.
 	log     atomic.Pointer[zap.Logger]
-	id      uint64                 // tells hubs apart in listings
-	metrics bool                   // reported in the metrics
+	group   atomic.Pointer[string] // its notification group
+	metrics atomic.Bool            // reported in the metrics
 	server  atomic.Pointer[string] // the name of its handlers' server, for the admin view
+}
+
+// join adds h to the handlers of the hub; its settings are the hub's from
+// now on.
+func (hb *hub) join(h *Handler) error {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hb.handlers = append(hb.handlers, h)
+	return hb.apply()
+}
+
+// leave removes h from the handlers of the hub; the newest handler left
+// gives its settings again.
+func (hb *hub) leave(h *Handler) {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	if i := slices.Index(hb.handlers, h); i >= 0 {
+		hb.handlers = slices.Delete(hb.handlers, i, i+1)
+	}
+	if len(hb.handlers) > 0 {
+		_ = hb.apply() // validated when it joined
+	}
+}
+
+// apply makes the newest handler's settings the hub's. It must be called
+// with hb.mu held.
+func (hb *hub) apply() error {
+	n := hb.handlers[len(hb.handlers)-1]
+	if err := hb.engine.SetConfig(n.engineConfig()); err != nil {
+		return err
+	}
+	hb.log.Store(n.logger)
+	hb.group.Store(&n.Group)
+	hb.metrics.Store(!n.DisableMetrics)
+	hb.server.Store(&n.serverName)
+	return nil
+}
+
+// groupName returns the hub's notification group.
+func (hb *hub) groupName() string {
+	if g := hb.group.Load(); g != nil {
+		return *g
+	}
+	return ""
 }
 
 // hubIDs numbers hubs.
@@ -65,36 +115,20 @@ func runningHubs() []*hub {
 	return hbs
 }
 
-// route is the path polls take through a config: the handler after a
-// longpoll handler, and its server.
-type route struct {
-	next   caddyhttp.Handler
-	server *caddyhttp.Server
-}
-
-// routeGrace is how long the watches of a cleaned-up handler may go on
-// polling through its (replaced) config's route, for requests to move them
-// to the new config's route, before the ones left are detached and their
-// held requests answered.
-const routeGrace = time.Second
-
 // exitCheckInterval is how often a hub checks whether the process is
 // exiting, to answer its held requests at once rather than keep the server's
 // shutdown waiting for them.
 const exitCheckInterval = 200 * time.Millisecond
 
 func newHub(h *Handler, server string) (*hub, error) {
-	hb := &hub{group: h.Group, stop: make(chan struct{}), metrics: !h.DisableMetrics, id: hubIDs.Add(1)}
+	hb := &hub{stop: make(chan struct{}), id: hubIDs.Add(1)}
 	hb.log.Store(h.logger)
-	opts := []longpoll.Option{longpoll.WithLoggerFunc(hb.log.Load)}
-	if !h.DisableMetrics {
-		opts = append(opts, longpoll.WithObserver(pollObserver{metrics}))
-	}
+	opts := []longpoll.Option{longpoll.WithLoggerFunc(hb.log.Load), longpoll.WithObserver(pollObserver{metrics, hb})}
 	e, err := longpoll.New(h.engineConfig(), opts...)
 	if err != nil {
 		return nil, err
 	}
-	hb.engine = e // Provision gives it its server's name and its logger
+	hb.engine = e // Provision's join gives it its settings
 	go hb.watchExit()
 	h.logger.Info("longpoll engine started", zap.String("server", server),
 		zap.Duration("interval", time.Duration(h.Interval)), zap.Duration("max_wait", time.Duration(h.MaxWait)),
@@ -122,31 +156,29 @@ func (hb *hub) watchExit() {
 	}
 }
 
-// retire is called when the handler of generation gen is cleaned up: a
-// reload replaced its config. Watches it made move to the new config's route
-// when a request for their key reaches the new config; routeGrace later,
-// those still on the old route are detached, so that no poll goes through a
-// replaced config and their held requests are answered within a second.
-func (hb *hub) retire(gen uint64) {
-	time.AfterFunc(routeGrace, func() {
-		if n := hb.engine.Detach(gen); n > 0 {
-			hb.log.Load().Info("watches of a replaced config detached: they poll again with their next request",
-				zap.Int("watches", n))
-		}
-	})
-}
-
 // Destruct closes the engine when the last handler using it is cleaned up.
 func (hb *hub) Destruct() error {
 	close(hb.stop)
 	return hb.engine.Close()
 }
 
-// acquireHub returns the hub for h's settings, creating it if no earlier
-// config has one. Handlers are told apart by their settings and server and,
-// among handlers with identical settings in one server, by their order.
+// identity is what makes a watch what it is: what selects it (the key,
+// with the query parameters left out of it), its topic, and what it holds
+// (max_body). Handlers with the same identity, in the same server and place,
+// share a hub across reloads; every other setting is applied to the
+// running engine.
+type identity struct {
+	Key         string       `json:"key,omitempty"`
+	Topic       string       `json:"topic,omitempty"`
+	MaxBody     int64        `json:"max_body,omitempty"`
+	QueryParams *QueryParams `json:"query_params,omitempty"`
+}
+
+// acquireHub returns the hub for h's identity, creating it if no earlier
+// config has one. Handlers are told apart by their identity and server
+// and, among handlers with the same identity in one server, by their order.
 func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
-	conf, err := json.Marshal(h)
+	conf, err := json.Marshal(identity{Key: h.Key, Topic: h.Topic, MaxBody: h.MaxBody, QueryParams: h.QueryParams})
 	if err != nil {
 		return nil, "", err
 	}

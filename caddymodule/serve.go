@@ -147,12 +147,12 @@ func (h *Handler) admit(r *http.Request, next caddyhttp.Handler, repl *caddy.Rep
 	if err != nil {
 		return ticket, nil, err
 	}
-	sub, err := h.hub.engine.Subscribe(key, h.requestTopic(r, repl), h.gen, func() longpoll.Fetcher {
-		// Called when a watch is made, or when this request is the first
-		// for the watch's key through a newer config: from then on the
-		// watch polls through this handler's route.
-		srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-		return newFetcher(r, &route{next: next, server: srv}, h.MaxBody)
+	h.route.capture(next)
+	sub, err := h.hub.engine.Join(key, h.requestTopic(r, repl), func() longpoll.Fetcher {
+		// Called, outside the engine's locks, when a watch is made: its
+		// polls are built from this request (never from its route, which
+		// the config in service gives).
+		return newFetcher(r, h.MaxBody)
 	})
 	if err != nil {
 		ticket.Release()
@@ -242,7 +242,7 @@ func (h *Handler) wait(r *http.Request, sub *longpoll.Subscription, lp *longPoll
 // mustHold reports whether the request waits for a change in state st.
 func (h *Handler) mustHold(st *longpoll.State, lp *longPoll, r *http.Request) bool {
 	switch {
-	case st.Closed, st.Detached, st.Passthrough:
+	case st.Closed, st.Passthrough:
 		return false
 	case st.Snapshot == nil:
 		// The first poll failed: a client that has a version of its own
@@ -267,7 +267,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	outcome := outcomeImmediate
 	switch {
-	case st.Closed || st.Detached: // the engine or the watch's route went away
+	case st.Closed: // the engine closed (a reload replaced it, or an exit)
 		outcome = outcomeShutdown
 	case end.held:
 		outcome = outcomeChanged
@@ -290,7 +290,7 @@ func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddy
 	repl *caddy.Replacer, end *holdEnd, lp *longPoll,
 ) (string, error) {
 	st := end.st
-	ended := st.Closed || st.Detached
+	ended := st.Closed
 	switch {
 	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
 		ended && st.Snapshot == nil && st.Failure == nil:
@@ -378,7 +378,7 @@ func capOf(err error) capRule {
 // the representation's headers set, so that the server's error handling
 // (handle_errors) renders it as it would without this module.
 func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration, held bool) error {
-	copyHeader(w.Header(), s.Header, nil)
+	copyHeader(w.Header(), longPollHeader(s).full, nil)
 	if held {
 		w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	}
@@ -426,12 +426,8 @@ func copyHeader(dst, src http.Header, only []string) {
 	}
 }
 
-// notModifiedHeaders are the fields RFC 9110, section 15.4.5 asks a 304 to
-// repeat from the 200 it stands for.
-var notModifiedHeaders = []string{"Etag", "Vary", "Cache-Control", "Expires", "Content-Location"}
-
 func writeNotModified(w http.ResponseWriter, s *longpoll.Snapshot, wait time.Duration) {
-	copyHeader(w.Header(), s.Header, notModifiedHeaders)
+	copyHeader(w.Header(), longPollHeader(s).notModified, nil)
 	w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	w.WriteHeader(http.StatusNotModified)
 }

@@ -16,27 +16,31 @@ import (
 
 // Fetcher performs one poll of the upstream for a watch.
 //
-// Fetch returns the representation as it is now. prev is the watch's
-// current snapshot (nil before the first success): a Fetcher may make its
-// request conditional on prev's upstream validators and return prev itself
-// when the upstream answers 304 Not Modified. Errors are *UpstreamError for
-// a failed poll, or wrap ErrUncacheable for a response that cannot be
-// shared. Fetch must return when ctx ends.
+// Fetch returns the representation as it is now, polled through route (the
+// value of the Route the poll goes through). prev is the watch's current
+// snapshot (nil before the first success): a Fetcher may make its request
+// conditional on prev's upstream validators and return prev itself when the
+// upstream answers 304 Not Modified. Errors are *UpstreamError for a failed
+// poll, wrap ErrUncacheable for a response that cannot be shared, or are
+// ErrRouteNotReady for a route that cannot take polls yet. Fetch should
+// return when ctx ends; the engine fails the poll without it if it does not.
 type Fetcher interface {
-	Fetch(ctx context.Context, prev *Snapshot) (*Snapshot, error)
+	Fetch(ctx context.Context, route any, prev *Snapshot) (*Snapshot, error)
 }
 
 // FetcherFunc adapts a function to the Fetcher interface.
-type FetcherFunc func(ctx context.Context, prev *Snapshot) (*Snapshot, error)
+type FetcherFunc func(ctx context.Context, route any, prev *Snapshot) (*Snapshot, error)
 
 // Fetch calls f.
-func (f FetcherFunc) Fetch(ctx context.Context, prev *Snapshot) (*Snapshot, error) {
-	return f(ctx, prev)
+func (f FetcherFunc) Fetch(ctx context.Context, route any, prev *Snapshot) (*Snapshot, error) {
+	return f(ctx, route, prev)
 }
 
 // Engine keeps the watches, one per key. Create it with New.
+//
+// Lock order: Engine.mu, then watch.mu; routesMu is taken alone.
 type Engine struct {
-	cfg      Config
+	cfg      atomic.Pointer[Config]
 	logger   func() *zap.Logger
 	observer Observer
 	active   atomic.Int64 // watches with subscribers
@@ -51,6 +55,9 @@ type Engine struct {
 	watches map[Key]*watch
 	topics  map[string]map[*watch]struct{} // watches by topic, for Notify
 	closed  bool
+
+	routesMu sync.Mutex
+	routes   []*Route // open, oldest first
 }
 
 func nopLogger() *zap.Logger { return nop }
@@ -83,9 +90,10 @@ func New(cfg Config, opts ...Option) (*Engine, error) {
 		return nil, fmt.Errorf("longpoll config: %w", err)
 	}
 	e := &Engine{
-		cfg: cfg, logger: nopLogger,
+		logger:  nopLogger,
 		watches: make(map[Key]*watch), topics: make(map[string]map[*watch]struct{}),
 	}
+	e.cfg.Store(&cfg)
 	for _, o := range opts {
 		o(e)
 	}
@@ -94,17 +102,33 @@ func New(cfg Config, opts ...Option) (*Engine, error) {
 }
 
 // Config returns the engine's configuration, defaults applied.
-func (e *Engine) Config() Config { return e.cfg }
+func (e *Engine) Config() Config { return *e.cfg.Load() }
+
+// config is the configuration in force: watches read it at each use, so
+// that SetConfig applies to them from then on.
+func (e *Engine) config() *Config { return e.cfg.Load() }
+
+// SetConfig changes the engine's configuration for everything it does from
+// now on: the next poll's interval and timeout, the next idle expiry, the
+// caps of the next subscription. Watches, subscribers and their state are
+// kept.
+func (e *Engine) SetConfig(cfg Config) error {
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("longpoll config: %w", err)
+	}
+	e.cfg.Store(&cfg)
+	e.kickEviction() // a smaller budget
+	return nil
+}
 
 // Subscribe joins the watch for key, creating it if there is none, in
 // topic: the name under which Notify reaches it (for an HTTP resource,
 // typically its path; many keys, one per user say, may share a topic). The
-// watch polls through the Fetcher that newFetcher returns; newFetcher is
-// called only when the watch needs one: when it is created, or when gen is
-// higher than the generation of the Fetcher it has (so that after a config
-// reload the watch moves to the new config's Fetcher with its first new
-// subscriber). The caller must Close the subscription.
-func (e *Engine) Subscribe(key Key, topic string, gen uint64, newFetcher func() Fetcher) (*Subscription, error) {
+// caller must Close the subscription. A new watch has no Fetcher: the
+// subscription's NeedsFetcher says so, and SetFetcher gives it one, outside
+// the engine's locks; Join does both.
+func (e *Engine) Subscribe(key Key, topic string) (*Subscription, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -116,7 +140,7 @@ func (e *Engine) Subscribe(key Key, topic string, gen uint64, newFetcher func() 
 		e.forget(w)
 		w = nil
 	}
-	if max := e.cfg.MaxActive; max > 0 && e.active.Load() >= int64(max) && (w == nil || w.idle()) {
+	if max := e.config().MaxActive; max > 0 && e.active.Load() >= int64(max) && (w == nil || w.idle()) {
 		return nil, ErrTooManyWatches
 	}
 	if w == nil {
@@ -129,24 +153,21 @@ func (e *Engine) Subscribe(key Key, topic string, gen uint64, newFetcher func() 
 		}
 		set[w] = struct{}{}
 	}
-	return w.subscribe(gen, newFetcher), nil
+	return w.subscribe(), nil
 }
 
-// Detach takes the Fetcher away from every watch whose Fetcher has
-// generation gen, for when the path those Fetchers poll through goes out of
-// service (an old config's route, after a reload). Such a watch keeps its
-// state but stops polling, and its subscribers are woken with a state whose
-// Detached field is set, to be answered now; a subscriber with a newer
-// generation puts the watch back in service. It returns the number of
-// watches detached.
-func (e *Engine) Detach(gen uint64) int {
-	n := 0
-	for _, w := range e.list() {
-		if w.detach(gen) {
-			n++
-		}
+// Join is Subscribe, then SetFetcher with newFetcher() if the watch has no
+// Fetcher yet. newFetcher is called outside the engine's locks, and only
+// for a watch that needs one.
+func (e *Engine) Join(key Key, topic string, newFetcher func() Fetcher) (*Subscription, error) {
+	sub, err := e.Subscribe(key, topic)
+	if err != nil {
+		return nil, err
 	}
-	return n
+	if sub.NeedsFetcher() {
+		sub.SetFetcher(newFetcher())
+	}
+	return sub, nil
 }
 
 // list returns the engine's watches, for visiting them one at a time

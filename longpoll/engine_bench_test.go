@@ -26,7 +26,7 @@ func benchEngine(b *testing.B, f longpoll.Fetcher) (*longpoll.Engine, *longpoll.
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { e.Close() })
-	holder, err := e.Subscribe(testKey, "t", 1, func() longpoll.Fetcher { return f })
+	holder, err := e.Join(testKey, "t", func() longpoll.Fetcher { return f })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func benchEngine(b *testing.B, f longpoll.Fetcher) (*longpoll.Engine, *longpoll.
 // watch: "active" while another subscriber holds it (the common case under
 // load), "idle" when each Subscribe wakes the watch and each Close idles it.
 func BenchmarkSubscribe(b *testing.B) {
-	f := longpoll.FetcherFunc(func(context.Context, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	f := longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 		return snapshotOf("v1")
 	})
 	newFetcher := func() longpoll.Fetcher { return f }
@@ -58,7 +58,7 @@ func BenchmarkSubscribe(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				sub, err := e.Subscribe(testKey, "t", 1, newFetcher)
+				sub, err := e.Join(testKey, "t", newFetcher)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -74,7 +74,7 @@ func BenchmarkSubscribe(b *testing.B) {
 func BenchmarkRelease10000(b *testing.B) {
 	const n = 10000
 	var version atomic.Int64
-	f := longpoll.FetcherFunc(func(context.Context, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	f := longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 		return snapshotOf("version " + string(rune('a'+version.Load()%26)))
 	})
 	e, holder := benchEngine(b, f)
@@ -86,7 +86,7 @@ func BenchmarkRelease10000(b *testing.B) {
 		have := holder.State()
 		subs := make([]*longpoll.Subscription, n)
 		for i := range subs {
-			sub, err := e.Subscribe(testKey, "t", 1, newFetcher)
+			sub, err := e.Join(testKey, "t", newFetcher)
 			if err != nil {
 				b.Fatal(err)
 			}

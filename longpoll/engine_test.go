@@ -31,6 +31,7 @@ type fakeFetcher struct {
 
 	mu     sync.Mutex
 	starts []time.Time
+	routes []any // the route of each call
 	script script
 }
 
@@ -39,7 +40,7 @@ func newFake(s script) *fakeFetcher { return &fakeFetcher{script: s} }
 // New is a newFetcher for Engine.Subscribe.
 func (f *fakeFetcher) New() longpoll.Fetcher { return longpoll.FetcherFunc(f.fetch) }
 
-func (f *fakeFetcher) fetch(ctx context.Context, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+func (f *fakeFetcher) fetch(ctx context.Context, route any, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 	n := f.calls.Add(1)
 	a := f.active.Add(1)
 	defer f.active.Add(-1)
@@ -47,6 +48,7 @@ func (f *fakeFetcher) fetch(ctx context.Context, prev *longpoll.Snapshot) (*long
 	}
 	f.mu.Lock()
 	f.starts = append(f.starts, time.Now())
+	f.routes = append(f.routes, route)
 	s := f.script
 	f.mu.Unlock()
 	return s(ctx, prev, n)
@@ -138,7 +140,7 @@ func newEngine(tb testing.TB, cfg longpoll.Config) *longpoll.Engine {
 
 func subscribe(tb testing.TB, e *longpoll.Engine, key longpoll.Key, f *fakeFetcher) *longpoll.Subscription {
 	tb.Helper()
-	sub, err := e.Subscribe(key, "t", 1, f.New)
+	sub, err := e.Join(key, "t", f.New)
 	if err != nil {
 		tb.Fatalf("Subscribe(%s) = %v, want no error", key.Short(), err)
 	}
@@ -264,7 +266,7 @@ func TestOneFetchPerIntervalForManySubscribers(t *testing.T) {
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
-				sub, err := e.Subscribe(testKey, "t", 1, f.New)
+				sub, err := e.Join(testKey, "t", f.New)
 				if err != nil {
 					t.Errorf("Subscribe() = %v, want no error", err)
 					return
@@ -334,7 +336,7 @@ func TestColdKeySharesFirstFetch(t *testing.T) {
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
-				sub, err := e.Subscribe(testKey, "t", 1, f.New)
+				sub, err := e.Join(testKey, "t", f.New)
 				if err != nil {
 					t.Errorf("Subscribe() = %v, want no error", err)
 					return
@@ -376,7 +378,7 @@ func TestChangeWakesAllSubscribersInOneBroadcast(t *testing.T) {
 		got := make([]*longpoll.State, n)
 		for i := range n {
 			woken.Go(func() {
-				sub, err := e.Subscribe(testKey, "t", 1, f.New)
+				sub, err := e.Join(testKey, "t", f.New)
 				if err != nil {
 					t.Errorf("Subscribe() = %v, want no error", err)
 					ready.Done()
@@ -1269,79 +1271,6 @@ func TestNilSnapshotFailsPoll(t *testing.T) {
 	})
 }
 
-// After a config reload the watch must move to the new config's Fetcher
-// (new upstream, new headers) with its first new subscriber, and never go
-// back to an older one.
-func TestSubscribeGenerationSwapsFetcher(t *testing.T) {
-	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		a, b := newFake(serve("a")), newFake(serve("b"))
-		e := newEngine(t, longpoll.Config{Interval: time.Hour})
-		defer e.Close()
-		var made atomic.Int64
-		counting := func(f *fakeFetcher) func() longpoll.Fetcher {
-			return func() longpoll.Fetcher { made.Add(1); return f.New() }
-		}
-
-		s1, err := e.Subscribe(testKey, "t", 1, counting(a))
-		if err != nil {
-			t.Fatalf("Subscribe(gen 1) = %v", err)
-		}
-		defer s1.Close()
-		fresh(t, s1)
-		if made.Load() != 1 || a.calls.Load() != 1 {
-			t.Fatalf("first Subscribe: newFetcher calls %d, fetches %d, want 1, 1", made.Load(), a.calls.Load())
-		}
-
-		for _, gen := range []uint64{0, 1} {
-			s, err := e.Subscribe(testKey, "t", gen, counting(b))
-			if err != nil {
-				t.Fatalf("Subscribe(gen %d) = %v", gen, err)
-			}
-			defer s.Close()
-			if got := made.Load(); got != 1 {
-				t.Errorf("Subscribe(gen %d) on a gen 1 watch: newFetcher called, got %d calls, want 1", gen, got)
-			}
-		}
-		s1.Trigger()
-		synctest.Wait()
-		if a.calls.Load() != 2 || b.calls.Load() != 0 {
-			t.Errorf("poll after lower/equal gens: fetches a=%d b=%d, want a=2 b=0", a.calls.Load(), b.calls.Load())
-		}
-
-		s2, err := e.Subscribe(testKey, "t", 2, counting(b))
-		if err != nil {
-			t.Fatalf("Subscribe(gen 2) = %v", err)
-		}
-		defer s2.Close()
-		if got := made.Load(); got != 2 {
-			t.Errorf("Subscribe(gen 2) on a gen 1 watch: got %d newFetcher calls, want 2", got)
-		}
-		s2.Trigger()
-		time.Sleep(longpoll.DefaultNotifyWindow) // triggers a window apart
-		synctest.Wait()
-		if a.calls.Load() != 2 || b.calls.Load() != 1 {
-			t.Errorf("poll after gen 2: fetches a=%d b=%d, want a=2 b=1", a.calls.Load(), b.calls.Load())
-		}
-		if got := bodyOf(s2.State()); got != "b" {
-			t.Errorf("poll after gen 2: body %s, want b", got)
-		}
-
-		s3, err := e.Subscribe(testKey, "t", 1, counting(a))
-		if err != nil {
-			t.Fatalf("Subscribe(gen 1) = %v", err)
-		}
-		defer s3.Close()
-		s3.Trigger()
-		time.Sleep(longpoll.DefaultNotifyWindow)
-		synctest.Wait()
-		if made.Load() != 2 || a.calls.Load() != 2 || b.calls.Load() != 2 {
-			t.Errorf("Subscribe(gen 1) after gen 2: newFetcher calls %d, fetches a=%d b=%d, want 2, a=2 b=2",
-				made.Load(), a.calls.Load(), b.calls.Load())
-		}
-	})
-}
-
 // Close must release every held request (with a state they can tell from
 // a change) or they would hang until their timeout during shutdown.
 func TestCloseWakesEverySubscriber(t *testing.T) {
@@ -1417,7 +1346,7 @@ func TestSubscribeAfterCloseFails(t *testing.T) {
 		f := newFake(serve("v1"))
 		e := newEngine(t, longpoll.Config{})
 		e.Close()
-		sub, err := e.Subscribe(testKey, "t", 1, f.New)
+		sub, err := e.Join(testKey, "t", f.New)
 		if !errors.Is(err, longpoll.ErrClosed) || sub != nil {
 			t.Errorf("Subscribe after Close = %v, %v, want nil, ErrClosed", sub, err)
 		}

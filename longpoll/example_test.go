@@ -20,7 +20,7 @@ import (
 func Example() {
 	var version atomic.Int64
 	version.Store(1)
-	upstream := longpoll.FetcherFunc(func(ctx context.Context, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	upstream := longpoll.FetcherFunc(func(ctx context.Context, _ any, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 		body := fmt.Sprintf("order 42, version %d", version.Load())
 		return longpoll.NewSnapshot(http.StatusOK, http.Header{"Content-Type": {"text/plain"}}, []byte(body), nil)
 	})
@@ -32,7 +32,7 @@ func Example() {
 	defer e.Close()
 
 	key := longpoll.KeyOf("GET", "/orders/42")
-	sub, err := e.Subscribe(key, "/orders/42", 1, func() longpoll.Fetcher { return upstream })
+	sub, err := e.Join(key, "/orders/42", func() longpoll.Fetcher { return upstream })
 	if err != nil {
 		panic(err)
 	}
@@ -102,7 +102,7 @@ func ExampleRecorder() {
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println(first.Status, first.Header.Get("Content-Length"), second.ETag == first.ETag, &second.Body[0] == &first.Body[0])
+	fmt.Println(first.Status, len(first.Body), second.ETag == first.ETag, &second.Body[0] == &first.Body[0])
 	// Output:
 	// 200 20 true true
 }

@@ -38,7 +38,7 @@ func holdAndRelease(b *testing.B, n int) (bytesPerWaiter float64, release time.D
 	b.Helper()
 	var version atomic.Int64
 	version.Store(1)
-	fetch := longpoll.FetcherFunc(func(context.Context, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	fetch := longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 		body := []byte("version " + string(rune('0'+version.Load())))
 		return longpoll.NewSnapshot(200, http.Header{"Content-Type": {"text/plain"}}, body, nil)
 	})
@@ -48,7 +48,7 @@ func holdAndRelease(b *testing.B, n int) (bytesPerWaiter float64, release time.D
 	}
 	defer e.Close()
 	key := longpoll.KeyOf("GET", "/resource")
-	first, err := e.Subscribe(key, "t", 1, func() longpoll.Fetcher { return fetch })
+	first, err := e.Join(key, "t", func() longpoll.Fetcher { return fetch })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func holdAndRelease(b *testing.B, n int) (bytesPerWaiter float64, release time.D
 	for i := range n {
 		go func() {
 			defer woken.Done()
-			sub, err := e.Subscribe(key, "t", 1, func() longpoll.Fetcher { return fetch })
+			sub, err := e.Join(key, "t", func() longpoll.Fetcher { return fetch })
 			if err != nil {
 				held.Done()
 				return

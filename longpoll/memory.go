@@ -82,7 +82,7 @@ func (w *watch) unaccount() {
 // subscribers past the budget, which no eviction can help. It must be
 // called with w.mu held.
 func (w *watch) overBudget(snap *Snapshot) error {
-	limit := w.e.cfg.MaxMemory
+	limit := w.e.config().MaxMemory
 	if limit <= 0 || w.subs == 0 {
 		return nil
 	}
@@ -95,7 +95,7 @@ func (w *watch) overBudget(snap *Snapshot) error {
 // mustEvict reports whether the engine holds more than its budget, and
 // idle watches hold some of it: evicting can help.
 func (e *Engine) mustEvict() bool {
-	limit := e.cfg.MaxMemory
+	limit := e.config().MaxMemory
 	bytes := e.bytes.Load()
 	return limit > 0 && bytes > limit && bytes > e.activeBytes.Load()
 }
@@ -144,7 +144,7 @@ func (e *Engine) evict() int {
 		w.mu.Unlock()
 	}
 	slices.SortFunc(idle, func(a, b candidate) int { return a.since.Compare(b.since) })
-	target := e.cfg.MaxMemory / 10 * 9
+	target := e.config().MaxMemory / 10 * 9
 	n := 0
 	for _, c := range idle {
 		if e.bytes.Load() <= target {
@@ -153,9 +153,7 @@ func (e *Engine) evict() int {
 		w := c.w
 		w.mu.Lock()
 		if w.evictable() {
-			w.gone = true
-			w.timer.Stop()
-			w.unaccount()
+			w.leave()
 			e.forget(w)
 			n++
 		}
@@ -165,13 +163,6 @@ func (e *Engine) evict() int {
 		e.observer.Evicted(n)
 	}
 	return n
-}
-
-// idle reports whether w has no subscriber.
-func (w *watch) idle() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.subs == 0
 }
 
 // evictable reports whether w may be forgotten to make room: no

@@ -127,7 +127,7 @@ func TestMaxActive(t *testing.T) {
 		f := newFake(serve("z"))
 		a := subscribe(t, e, longpoll.KeyOf("a"), f)
 		b := subscribe(t, e, longpoll.KeyOf("b"), f)
-		if _, err := e.Subscribe(longpoll.KeyOf("c"), "t", 1, f.New); !errors.Is(err, longpoll.ErrTooManyWatches) {
+		if _, err := e.Join(longpoll.KeyOf("c"), "t", f.New); !errors.Is(err, longpoll.ErrTooManyWatches) {
 			t.Fatalf("a third watch under MaxActive 2: got %v, want ErrTooManyWatches", err)
 		}
 		again := subscribe(t, e, longpoll.KeyOf("a"), f) // an active watch: admitted
@@ -163,7 +163,7 @@ func TestBackoffRecovery(t *testing.T) {
 			f := newFake(fail(down))
 			e := newEngine(t, longpoll.Config{Interval: time.Second})
 			defer e.Close()
-			sub, err := e.Subscribe(testKey, "/t", 1, f.New)
+			sub, err := e.Join(testKey, "/t", f.New)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -188,7 +188,7 @@ func TestBackoffRecovery(t *testing.T) {
 			f := newFake(fail(down))
 			e := newEngine(t, longpoll.Config{Interval: time.Second})
 			defer e.Close()
-			sub, err := e.Subscribe(testKey, "/t", 1, f.New)
+			sub, err := e.Join(testKey, "/t", f.New)
 			if err != nil {
 				t.Fatal(err)
 			}

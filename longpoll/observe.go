@@ -105,8 +105,8 @@ type WatchInfo struct {
 	Failures int
 	// ETag is the current representation's ETag, empty before the first.
 	ETag string
-	// Passthrough, Detached: see State.
-	Passthrough, Detached bool
+	// Passthrough: see State.
+	Passthrough bool
 }
 
 // Watches returns every watch the engine keeps, in no particular order, as
@@ -134,7 +134,7 @@ func (w *watch) info() (WatchInfo, bool) {
 	info := WatchInfo{
 		Key: w.key, Topic: w.topic, Waiters: w.subs,
 		LastPoll: w.lastPoll, LastResult: w.lastResult, LastChange: st.Since,
-		Failures: w.failures, Passthrough: st.Passthrough, Detached: st.Detached,
+		Failures: w.failures, Passthrough: st.Passthrough,
 	}
 	if st.Snapshot != nil {
 		info.ETag = st.Snapshot.ETag

@@ -99,7 +99,7 @@ func TestObserverAndFailureLog(t *testing.T) {
 		}
 		defer e.Close()
 		key := longpoll.KeyOf("GET", "/orders/42", "Bearer s3cr3t-token")
-		sub, err := e.Subscribe(key, "/orders/42", 1, f.New)
+		sub, err := e.Join(key, "/orders/42", f.New)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +172,7 @@ func TestWatchesAndStats(t *testing.T) {
 		var subs []*longpoll.Subscription
 		for i := range 3 {
 			for range i + 1 {
-				sub, err := e.Subscribe(longpoll.KeyOf(fmt.Sprint(i)), fmt.Sprint("/t/", i), 1, f.New)
+				sub, err := e.Join(longpoll.KeyOf(fmt.Sprint(i)), fmt.Sprint("/t/", i), f.New)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -244,9 +244,9 @@ func TestPollResultString(t *testing.T) {
 
 // Stats counts a watch as active from its first subscriber to its last,
 // whatever happens to the watch in between: a pass-through watch replaced
-// while a subscriber still has it, a detach and a return to service, the
-// engine closing under its subscribers.
-func TestStatsActiveAcrossRetireDetachClose(t *testing.T) {
+// while a subscriber still has it, the engine closing under its
+// subscribers.
+func TestStatsActiveAcrossRetireAndClose(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		e := newEngine(t, longpoll.Config{Interval: time.Second, IdleTTL: 5 * time.Second})
@@ -269,20 +269,17 @@ func TestStatsActiveAcrossRetireDetachClose(t *testing.T) {
 		}
 
 		ok := newFake(serve("x"))
-		c, err := e.Subscribe(longpoll.KeyOf("ok"), "/ok", 3, ok.New)
+		c, err := e.Join(longpoll.KeyOf("ok"), "/ok", ok.New)
 		if err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
-		if n := e.Detach(3); n != 1 {
-			t.Fatalf("Detach(3) = %d, want 1", n)
-		}
-		d, err := e.Subscribe(longpoll.KeyOf("ok"), "/ok", 4, ok.New)
+		d, err := e.Join(longpoll.KeyOf("ok"), "/ok", ok.New)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if st := e.Stats(); st.Active != 1 {
-			t.Errorf("a detached watch back in service with two subscribers: %+v, want 1 active", st)
+			t.Errorf("a watch with two subscribers: %+v, want 1 active", st)
 		}
 		if err := e.Close(); err != nil {
 			t.Fatal(err)

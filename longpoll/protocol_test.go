@@ -147,3 +147,23 @@ func TestMatchETagDoesNotAllocate(t *testing.T) {
 		t.Errorf("MatchETag of a %d-entry list: got %v allocations, want 0", longpoll.MaxETags, allocs)
 	}
 }
+
+// QueryETag accepts the ETag a client copied from a response, quoted or
+// not, and undoes the suffix Caddy's encode adds to it.
+func TestQueryETag(t *testing.T) {
+	t.Parallel()
+	tag := `"0123456789abcdefghijklmn"` // 24 characters, like the module's
+	tests := []struct{ in, want string }{
+		{`0123456789abcdefghijklmn`, tag},
+		{tag, tag},
+		{`0123456789abcdefghijklmn-gzip`, tag},
+		{`"0123456789abcdefghijklmn-zstd"`, tag},
+		{`W/"0123456789abcdefghijklmn"`, `W/` + tag},
+		{`short-gzip`, `"short-gzip"`},
+	}
+	for _, tt := range tests {
+		if got := longpoll.QueryETag(tt.in); got != tt.want {
+			t.Errorf("QueryETag(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -20,9 +20,11 @@ import (
 type Snapshot struct {
 	// Status is the upstream's status code.
 	Status int
-	// Header holds the response headers sent to clients: the upstream's,
-	// less Date and hop-by-hop fields, with the module's ETag, the body's
-	// Content-Length, and Prefer added to Vary. It must not be modified.
+	// Header holds the upstream's response headers that describe the
+	// representation: less its ETag (ETag replaces it), Date, the body's
+	// Content-Length (but for HEAD) and hop-by-hop fields. Each delivery
+	// adds its own (a long-poll: ETag, Content-Length, Vary: Prefer); see
+	// Derived. It must not be modified.
 	Header http.Header
 	// Body is the full response body.
 	Body []byte
@@ -47,6 +49,8 @@ type Snapshot struct {
 	// that the upstream said the representation depends on (its Vary
 	// header). A client whose values differ must not be given this snapshot.
 	Vary []VaryField
+
+	derived derivedValues // what deliveries derived from it (derived.go)
 }
 
 // VaryField is one request header field a representation depends on.
@@ -119,13 +123,6 @@ func newSnapshot(status int, kind snapshotKind, header http.Header, body []byte,
 		}
 	}
 	s.ETag = s.computeETag()
-	header["Etag"] = []string{s.ETag}
-	if !kind.head {
-		header["Content-Length"] = []string{strconv.Itoa(len(body))}
-	}
-	if !varies(header, "Prefer") {
-		header["Vary"] = append(header["Vary"], "Prefer")
-	}
 	for k, v := range header {
 		// Full slices: a handler that appends to a value must not write
 		// into the array that every client's response shares.
@@ -188,18 +185,6 @@ func (s *Snapshot) VaryMatches(reqHeader http.Header) bool {
 		}
 	}
 	return true
-}
-
-// varies reports whether the Vary field of header names name.
-func varies(header http.Header, name string) bool {
-	for _, line := range header.Values("Vary") {
-		for field := range strings.SplitSeq(line, ",") {
-			if strings.EqualFold(strings.TrimSpace(field), name) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // varyFields reads the upstream's Vary header. Accept-Encoding is left out:

@@ -24,7 +24,7 @@ func TestAskedWithoutVersion(t *testing.T) {
 		}
 		defer e.Close()
 		f := newFake(serve("x"))
-		sub, err := e.Subscribe(longpoll.KeyOf("k"), "/k", 1, f.New)
+		sub, err := e.Join(longpoll.KeyOf("k"), "/k", f.New)
 		if err != nil {
 			t.Fatal(err)
 		}

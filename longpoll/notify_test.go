@@ -38,7 +38,7 @@ func slowEngine(t *testing.T) *longpoll.Engine {
 	return e
 }
 
-func (f *versionFetcher) Fetch(ctx context.Context, _ *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+func (f *versionFetcher) Fetch(ctx context.Context, _ any, _ *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 	f.fetches.Add(1)
 	select {
 	case <-time.After(time.Second):
@@ -60,7 +60,7 @@ func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
 		key := longpoll.KeyOf("k")
 		newF := func() longpoll.Fetcher { return f }
 
-		first, _ := e.Subscribe(key, "t", 1, newF)
+		first, _ := e.Join(key, "t", newF)
 		if st, _ := first.Fresh(t.Context()); string(st.Snapshot.Body) != "version 1" {
 			t.Fatalf("first answer: got %q, want version 1", st.Snapshot.Body)
 		}
@@ -68,10 +68,10 @@ func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
 		time.Sleep(5 * time.Second) // idle, and stale
 		f.version.Store(2)
 
-		a, _ := e.Subscribe(key, "t", 1, newF) // starts the fresh poll
+		a, _ := e.Join(key, "t", newF) // starts the fresh poll
 		defer a.Close()
 		time.Sleep(100 * time.Millisecond)
-		b, _ := e.Subscribe(key, "t", 1, newF) // arrives during it
+		b, _ := e.Join(key, "t", newF) // arrives during it
 		defer b.Close()
 		for name, sub := range map[string]*longpoll.Subscription{"first arrival": a, "second arrival": b} {
 			st, err := sub.Fresh(t.Context())
@@ -80,81 +80,6 @@ func TestStaleWatchEverySubscriberWaitsForFreshPoll(t *testing.T) {
 			}
 		}
 	})
-}
-
-// A poll that ends after Detach must not put the watch back in service:
-// it has no fetcher, so its state must stay Detached, or subscribers would
-// be held on a watch that no longer polls.
-func TestPollEndingAfterDetachKeepsDetached(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newVersionFetcher()
-		e, _ := longpoll.New(longpoll.Config{Interval: 200 * time.Millisecond, PollTimeout: 5 * time.Second})
-		defer e.Close()
-		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "t", 1, func() longpoll.Fetcher { return f })
-		defer sub.Close()
-		st, _ := sub.Fresh(t.Context())
-		time.Sleep(250 * time.Millisecond) // the next poll is under way
-		f.version.Store(2)
-		if n := e.Detach(1); n != 1 {
-			t.Fatalf("Detach(1) = %d, want 1", n)
-		}
-		time.Sleep(2 * time.Second) // the poll in flight ends
-		synctest.Wait()
-		got := sub.State()
-		if !got.Detached {
-			t.Errorf("state after the poll in flight ended: Detached = false, want true")
-		}
-		if got.Snapshot.ETag == st.Snapshot.ETag {
-			t.Errorf("the poll in flight's result was dropped: ETag still %s", got.Snapshot.ETag)
-		}
-		n := f.fetches.Load()
-		time.Sleep(5 * time.Second)
-		if more := f.fetches.Load() - n; more != 0 {
-			t.Errorf("detached watch polled %d more times, want 0", more)
-		}
-	})
-}
-
-// Detach takes only the watches of the generation whose route went away:
-// a handler that never served (a config that failed to load, `caddy
-// validate`) must not detach the watches of the live one.
-func TestDetachOnlyThatGeneration(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := &versionFetcher{}
-		e, _ := longpoll.New(longpoll.Config{Interval: time.Second})
-		defer e.Close()
-		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "t", 1, func() longpoll.Fetcher { return f })
-		defer sub.Close()
-		if _, err := sub.Fresh(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		if n := e.Detach(2); n != 0 {
-			t.Errorf("Detach(2) with watches of generation 1: got %d detached, want 0", n)
-		}
-		if sub.State().Detached {
-			t.Error("watch of generation 1 detached by Detach(2)")
-		}
-	})
-}
-
-// QueryETag accepts the ETag a client copied from a response, quoted or
-// not, and undoes the suffix Caddy's encode adds to it.
-func TestQueryETag(t *testing.T) {
-	t.Parallel()
-	tag := `"0123456789abcdefghijklmn"` // 24 characters, like the module's
-	tests := []struct{ in, want string }{
-		{`0123456789abcdefghijklmn`, tag},
-		{tag, tag},
-		{`0123456789abcdefghijklmn-gzip`, tag},
-		{`"0123456789abcdefghijklmn-zstd"`, tag},
-		{`W/"0123456789abcdefghijklmn"`, `W/` + tag},
-		{`short-gzip`, `"short-gzip"`},
-	}
-	for _, tt := range tests {
-		if got := longpoll.QueryETag(tt.in); got != tt.want {
-			t.Errorf("QueryETag(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
 }
 
 // Notify reaches the watches of the topics it names, exact or by prefix,
@@ -170,7 +95,7 @@ func TestNotify(t *testing.T) {
 			f := &versionFetcher{}
 			f.version.Store(1)
 			fetchers[topic] = f
-			sub, err := e.Subscribe(longpoll.KeyOf(topic), topic, 1, func() longpoll.Fetcher { return f })
+			sub, err := e.Join(longpoll.KeyOf(topic), topic, func() longpoll.Fetcher { return f })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -183,12 +108,12 @@ func TestNotify(t *testing.T) {
 		// one more key (another user) on /orders/42, and an idle watch
 		other := &versionFetcher{}
 		other.version.Store(1)
-		sub2, _ := e.Subscribe(longpoll.KeyOf("/orders/42", "user 2"), "/orders/42", 1, func() longpoll.Fetcher { return other })
+		sub2, _ := e.Join(longpoll.KeyOf("/orders/42", "user 2"), "/orders/42", func() longpoll.Fetcher { return other })
 		defer sub2.Close()
 		_, _ = sub2.Fresh(t.Context())
 		idle := &versionFetcher{}
 		idle.version.Store(1)
-		idleSub, _ := e.Subscribe(longpoll.KeyOf("/orders/7"), "/orders/7", 1, func() longpoll.Fetcher { return idle })
+		idleSub, _ := e.Join(longpoll.KeyOf("/orders/7"), "/orders/7", func() longpoll.Fetcher { return idle })
 		_, _ = idleSub.Fresh(t.Context())
 		idleSub.Close()
 
@@ -214,7 +139,7 @@ func TestNotify(t *testing.T) {
 			t.Errorf("idle watch: %d fetches after the notification, want 1 (it only polls when used)", got)
 		}
 		idle.version.Store(2)
-		back, _ := e.Subscribe(longpoll.KeyOf("/orders/7"), "/orders/7", 1, func() longpoll.Fetcher { return idle })
+		back, _ := e.Join(longpoll.KeyOf("/orders/7"), "/orders/7", func() longpoll.Fetcher { return idle })
 		defer back.Close()
 		if st, _ := back.Fresh(t.Context()); string(st.Snapshot.Body) != "version 2" {
 			t.Errorf("returning to a notified idle watch: got %q, want a fresh poll's version 2", st.Snapshot.Body)
@@ -228,7 +153,7 @@ func TestNotifyBurstCoalesces(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newVersionFetcher()
 		e := slowEngine(t)
-		sub, _ := e.Subscribe(longpoll.KeyOf("k"), "/t", 1, func() longpoll.Fetcher { return f })
+		sub, _ := e.Join(longpoll.KeyOf("k"), "/t", func() longpoll.Fetcher { return f })
 		defer sub.Close()
 		_, _ = sub.Fresh(t.Context())
 		for range 1000 {
@@ -242,38 +167,10 @@ func TestNotifyBurstCoalesces(t *testing.T) {
 	})
 }
 
-// A notification that comes while a watch is detached (between a reload's
-// clean-up and the new config's first request for it) must not be lost:
-// the watch polls as soon as it is back in service, not an interval later.
-func TestNotifyWhileDetachedIsKept(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newVersionFetcher()
-		e := slowEngine(t)
-		s1, _ := e.Subscribe(longpoll.KeyOf("k"), "/a", 1, func() longpoll.Fetcher { return f })
-		defer s1.Close()
-		_, _ = s1.Fresh(t.Context())
-		e.Detach(1)
-		f.version.Store(2)
-		if n := e.Notify([]string{"/a"}); n != 1 {
-			t.Errorf("Notify on a detached watch reached %d, want 1", n)
-		}
-		s2, _ := e.Subscribe(longpoll.KeyOf("k"), "/a", 2, func() longpoll.Fetcher { return f })
-		defer s2.Close()
-		time.Sleep(2 * time.Second) // far less than the 30s interval
-		synctest.Wait()
-		if got := f.fetches.Load(); got != 2 {
-			t.Errorf("fetches after re-attaching a notified watch: got %d, want 2", got)
-		}
-		if body := string(s2.State().Snapshot.Body); body != "version 2" {
-			t.Errorf("state after re-attaching a notified watch: got %q, want version 2", body)
-		}
-	})
-}
-
 // A closed engine reaches nothing and keeps no topic index.
 func TestNotifyAfterClose(t *testing.T) {
 	e, _ := longpoll.New(longpoll.Config{})
-	sub, _ := e.Subscribe(longpoll.KeyOf("k"), "/a", 1, func() longpoll.Fetcher { return &versionFetcher{} })
+	sub, _ := e.Join(longpoll.KeyOf("k"), "/a", func() longpoll.Fetcher { return &versionFetcher{} })
 	sub.Close()
 	_ = e.Close()
 	if n := e.Notify([]string{"/a", "/*"}); n != 0 {

@@ -1,0 +1,68 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// lpHeader is what a long-poll answer's header holds, derived once per
+// representation (longpoll.Snapshot.Derived) and shared by every answer:
+// the representation's header with its ETag, the body's Content-Length (for
+// HEAD, the upstream's, which the snapshot keeps) and Vary: Prefer; and the
+// fields of it that a 304 repeats.
+type lpHeader struct {
+	full, notModified http.Header
+}
+
+// lpHeaderKey is the key of a snapshot's lpHeader.
+type lpHeaderKey struct{}
+
+// longPollHeader returns the long-poll header of s.
+func longPollHeader(s *longpoll.Snapshot) *lpHeader {
+	return s.Derived(lpHeaderKey{}, makeLongPollHeader).(*lpHeader)
+}
+
+// notModifiedHeaders are the fields RFC 9110, section 15.4.5 asks a 304 to
+// repeat from the 200 it stands for.
+var notModifiedHeaders = []string{"Etag", "Vary", "Cache-Control", "Expires", "Content-Location"}
+
+func makeLongPollHeader(s *longpoll.Snapshot) any {
+	full := make(http.Header, len(s.Header)+3)
+	for k, v := range s.Header {
+		full[k] = slices.Clip(v)
+	}
+	full["Etag"] = []string{s.ETag}
+	if !s.Head {
+		full["Content-Length"] = []string{strconv.Itoa(len(s.Body))}
+	}
+	if !varies(full, "Prefer") {
+		// long-polls and plain requests of one URL get different answers
+		full["Vary"] = append(slices.Clip(full["Vary"]), "Prefer")
+	}
+	nm := make(http.Header, len(notModifiedHeaders))
+	for _, k := range notModifiedHeaders {
+		if v, ok := full[k]; ok {
+			nm[k] = v
+		}
+	}
+	return &lpHeader{full: full, notModified: nm}
+}
+
+// varies reports whether the Vary field of header names name.
+func varies(header http.Header, name string) bool {
+	for _, line := range header.Values("Vary") {
+		for field := range strings.SplitSeq(line, ",") {
+			if strings.EqualFold(strings.TrimSpace(field), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
