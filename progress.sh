@@ -9,13 +9,20 @@ fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 # seconds while it runs, then how long it took; returns its status. CMD's
 # output is shown as it comes, or written to FILE.
 with_progress() {
-	local log=/dev/stdout
+	local log=""
 	if [ "$1" = --log ]; then
 		log=$2
 		shift 2
 	fi
 	local start=$SECONDS next=$((SECONDS + 20)) rc=0
-	"$@" >>"$log" 2>&1 &
+	if [ -n "$log" ]; then
+		"$@" >>"$log" 2>&1 &
+	else
+		# the same output as ours: reopening /dev/stdout would give the
+		# command a file offset of its own, and each would overwrite the
+		# other's lines in a file
+		"$@" 2>&1 &
+	fi
 	local pid=$!
 	while kill -0 "$pid" 2>/dev/null; do
 		sleep 1

@@ -332,7 +332,10 @@ const exampleLongpollBlock = `
 // placeholders of the key are expanded by the Caddyfile adapter.
 const exampleJSON = `{
 	"admin": {
-		"listen": "localhost:2019"
+		"listen": "localhost:2019",
+		"config": {
+			"persist": false
+		}
 	},
 	"apps": {
 		"http": {

@@ -161,7 +161,9 @@ func TestIntegrationMetricsEndpoint(t *testing.T) {
 func TestIntegrationAdminWatches(t *testing.T) {
 	tc := itStart(t)
 	up := newItUpstream(t)
-	itLoad(t, tc, itConfig("", itSite("interval 1s\nmax_wait 30s\ngroup ops", up)))
+	// topic {path} is the default, written out: an engine of its own, not
+	// one an earlier test left watches in
+	itLoad(t, tc, itConfig("", itSite("interval 1s\nmax_wait 30s\ngroup ops\ntopic {path}", up)))
 	c, _ := itClient(t)
 
 	const (

@@ -66,12 +66,46 @@ func TestIntegrationReloadSameConfig(t *testing.T) {
 	}
 }
 
+// TestIntegrationReloadTunedConfig reloads a config whose longpoll settings
+// changed in ways that do not change what a watch is (interval, caps,
+// max_wait, metrics) while 20 requests are held: they apply to the running
+// engine. Nobody is answered by the reload; the watch polls at the new
+// interval; a change then releases everyone.
+func TestIntegrationReloadTunedConfig(t *testing.T) {
+	tc := itStart(t)
+	up := newItUpstream(t)
+	itLoad(t, tc, itConfig("", itSite("interval 500ms\nmax_wait 30s", up)))
+	c, _ := itClient(t)
+
+	held, _ := itHoldMany(t, c, 20, "/reload-tuned", "wait=20")
+	itLoad(t, tc, itConfig("", itSite("interval 100ms\nmax_wait 40s\nmax_waiters 500\nmax_watches 50\ndisable_metrics", up)))
+	time.Sleep(time.Second)
+	for i, ch := range held {
+		select {
+		case r := <-ch:
+			t.Fatalf("held request %d answered by a reload that changed no watch: %d %q", i, r.Status, r.Body)
+		default:
+		}
+	}
+	before := up.hitsFor("/reload-tuned")
+	time.Sleep(time.Second)
+	if n := up.hitsFor("/reload-tuned") - before; n < 6 {
+		t.Errorf("a second after the reload: %d polls, want about 10 (the new interval, 100ms)", n)
+	}
+	up.set("/reload-tuned", http.StatusOK, "changed")
+	for i, ch := range held {
+		if r := itReceive(t, ch, 5*time.Second); r.Status != http.StatusOK || r.Body != "changed" {
+			t.Errorf("held request %d after the change: got %d %q, want 200 %q", i, r.Status, r.Body, "changed")
+		}
+	}
+}
+
 // TestIntegrationReloadChangedConfig reloads a config whose longpoll
-// settings changed while 20 requests are held: the old engine closes, and
-// its clients must be answered properly (304 or the new data, never a 5xx
-// or a reset) within replaceSpread, spread over it rather than all at once
-// (they would all come back at once, into the listeners the reload hands
-// over).
+// settings changed what a watch is (here max_body) while 20 requests are
+// held: the old engine closes, and its clients must be answered properly
+// (304 or the new data, never a 5xx or a reset) within replaceSpread,
+// spread over it rather than all at once (they would all come back at
+// once, into the listeners the reload hands over).
 func TestIntegrationReloadChangedConfig(t *testing.T) {
 	tc := itStart(t)
 	up := newItUpstream(t)
@@ -80,7 +114,7 @@ func TestIntegrationReloadChangedConfig(t *testing.T) {
 
 	held, etag := itHoldMany(t, c, 20, "/reload-changed", "wait=20")
 	start := time.Now()
-	itLoad(t, tc, itConfig("", itSite("interval 300ms\nmax_wait 30s", up)))
+	itLoad(t, tc, itConfig("", itSite("interval 500ms\nmax_wait 30s\nmax_body 512KiB", up)))
 	end := time.Now()
 	t.Logf("reload took %v", end.Sub(start))
 	var first, last time.Time

@@ -216,16 +216,17 @@ func (h *Handler) wait(r *http.Request, sub *longpoll.Subscription, lp *longPoll
 	held := false
 	for {
 		var wake <-chan struct{}
-		switch {
-		case st.Pending():
-			wake = st.Changed() // the watch's first poll
-		case h.mustHold(st, lp, r):
-			wake, held = st.Changed(), true
-		case sub.Stale() != nil:
+		switch st.Decide(lp.inm, r.Header) {
+		case longpoll.Wait:
+			// The watch's first poll, or a change the client waits for.
+			wake, held = st.Changed(), held || !st.Pending()
+		case longpoll.Send, longpoll.Fail:
+			if wake = sub.Stale(); wake == nil {
+				return holdEnd{st: st, held: held, heldFor: time.Since(start)}
+			}
 			// An answer given at once must not be older than one interval:
 			// wait for the poll this request started on an idle watch.
-			wake = sub.Stale()
-		default:
+		default: // PassThrough, End
 			return holdEnd{st: st, held: held, heldFor: time.Since(start)}
 		}
 		select {
@@ -239,61 +240,49 @@ func (h *Handler) wait(r *http.Request, sub *longpoll.Subscription, lp *longPoll
 	}
 }
 
-// mustHold reports whether the request waits for a change in state st.
-func (h *Handler) mustHold(st *longpoll.State, lp *longPoll, r *http.Request) bool {
-	switch {
-	case st.Closed, st.Passthrough:
-		return false
-	case st.Snapshot == nil:
-		// The first poll failed: a client that has a version of its own
-		// waits for the watch to reach the upstream; one that has none is
-		// told at once.
-		return len(lp.inm) > 0
-	case !st.Snapshot.VaryMatches(r.Header):
-		return false
-	}
-	return longpoll.MatchETag(lp.inm, st.Snapshot.ETag)
-}
-
-// finish answers the request from the state its wait ended with, and
-// returns the outcome. Answers other than the representation or 304 are
-// left to finishOther, to keep this frame small.
+// finish answers the request from the state its wait ended with, as
+// State.Decide says, and returns the outcome. Answers other than the
+// representation or 304 are left to finishOther, to keep this frame small.
 func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
 	repl *caddy.Replacer, end *holdEnd, lp *longPoll,
 ) (string, error) {
 	st := end.st
-	if st.Passthrough || st.Failure != nil || st.Snapshot == nil || !st.Snapshot.VaryMatches(r.Header) {
-		return h.finishOther(w, r, next, repl, end, lp)
-	}
-	outcome := outcomeImmediate
+	d := st.Decide(lp.inm, r.Header)
 	switch {
-	case st.Closed: // the engine closed (a reload replaced it, or an exit)
-		outcome = outcomeShutdown
-	case end.held:
-		outcome = outcomeChanged
-	}
-	if longpoll.MatchETag(lp.inm, st.Snapshot.ETag) {
-		if outcome != outcomeShutdown {
-			outcome = outcomeTimeout
+	case d == longpoll.Send:
+		outcome := outcomeImmediate
+		if end.held {
+			outcome = outcomeChanged
 		}
 		repl.Set("http.longpoll.outcome", outcome)
+		return outcome, writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
+	case d == longpoll.Wait && st.Snapshot != nil && st.Failure == nil:
+		// the wait ended with nothing new
+		repl.Set("http.longpoll.outcome", outcomeTimeout)
 		writeNotModified(w, st.Snapshot, lp.wait)
-		return outcome, nil
+		return outcomeTimeout, nil
+	case d == longpoll.End && st.Snapshot != nil && st.Snapshot.VaryMatches(r.Header):
+		// the engine closed: answered now, from what it had
+		repl.Set("http.longpoll.outcome", outcomeShutdown)
+		if longpoll.MatchETag(lp.inm, st.Snapshot.ETag) {
+			writeNotModified(w, st.Snapshot, lp.wait)
+			return outcomeShutdown, nil
+		}
+		return outcomeShutdown, writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
 	}
-	repl.Set("http.longpoll.outcome", outcome)
-	return outcome, writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
+	return h.finishOther(w, r, next, repl, end, lp, d)
 }
 
 // finishOther answers from a state that has no representation for the
-// request: the upstream's failure, or the next handler.
+// request: the upstream's failure, no answer within the wait, or the next
+// handler.
 func (h *Handler) finishOther(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
-	repl *caddy.Replacer, end *holdEnd, lp *longPoll,
+	repl *caddy.Replacer, end *holdEnd, lp *longPoll, d longpoll.Decision,
 ) (string, error) {
 	st := end.st
-	ended := st.Closed
 	switch {
-	case st.Passthrough, st.Snapshot != nil && !st.Snapshot.VaryMatches(r.Header),
-		ended && st.Snapshot == nil && st.Failure == nil:
+	case d == longpoll.PassThrough, d == longpoll.End && st.Failure == nil:
+		// the watch cannot share, or closed with nothing to give
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		if !end.held {
 			return outcomePassthrough, next.ServeHTTP(w, r)
