@@ -80,7 +80,7 @@ type watchView struct {
 	Topic             string    `json:"topic"`
 	Server            string    `json:"server,omitempty"`
 	Group             string    `json:"group,omitempty"`
-	State             string    `json:"state"` // polling, idle, failing, passthrough or detached
+	State             string    `json:"state"` // polling, idle, failing or passthrough
 	Waiters           int       `json:"waiters"`
 	Interval          string    `json:"interval"`
 	LastPoll          time.Time `json:"last_poll,omitzero"`
