@@ -48,6 +48,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		topic         <template...>
 //		group         <name>
 //		disable_metrics
+//		sse
+//		websocket
+//		heartbeat     <duration>
+//		max_streams   <n>
+//		max_stream_duration <duration>
+//		origins       <origin...>
 //	}
 //
 // Every subdirective is optional and may appear once.
@@ -83,10 +89,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Group, err = oneArg(d)
 			return true, err
 		case "disable_metrics":
-			if d.NextArg() {
+			return true, flag(d, &h.DisableMetrics)
+		case "sse":
+			return true, flag(d, &h.SSE)
+		case "websocket":
+			return true, flag(d, &h.WebSocket)
+		case "heartbeat":
+			return true, parseDuration(d, &h.Heartbeat)
+		case "max_streams":
+			return true, parseInt(d, &h.MaxStreams)
+		case "max_stream_duration":
+			return true, parseDuration(d, &h.MaxStreamDuration)
+		case "origins":
+			h.Origins = d.RemainingArgs()
+			if len(h.Origins) == 0 {
 				return true, d.ArgErr()
 			}
-			h.DisableMetrics = true
 			return true, nil
 		case "query_params":
 			args := d.RemainingArgs()
@@ -123,6 +141,15 @@ func eachSubdirective(d *caddyfile.Dispenser, parse func(name string) (known boo
 			return d.Errf("unrecognized subdirective '%s'", name)
 		}
 	}
+	return nil
+}
+
+// flag reads a subdirective that takes no argument, and sets dst.
+func flag(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
 	return nil
 }
 

@@ -154,6 +154,16 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  Handler{DisableMetrics: true},
 		},
 		{
+			name:  "streams",
+			input: "longpoll {\n\tsse\n\twebsocket\n\theartbeat 10s\n\tmax_streams 50\n\tmax_stream_duration 30m\n\torigins app.example.com https://*.example.org\n}",
+			want: Handler{SSE: true, WebSocket: true, Heartbeat: caddy.Duration(10 * time.Second), MaxStreams: 50,
+				MaxStreamDuration: caddy.Duration(30 * time.Minute), Origins: []string{"app.example.com", "https://*.example.org"}},
+		},
+		{name: "sse with an argument", input: "longpoll {\n\tsse on\n}", wantErr: "wrong argument count"},
+		{name: "websocket twice", input: "longpoll {\n\twebsocket\n\twebsocket\n}", wantErr: "websocket already specified"},
+		{name: "origins without one", input: "longpoll {\n\torigins\n}", wantErr: "wrong argument count"},
+		{name: "heartbeat not a duration", input: "longpoll {\n\theartbeat often\n}", wantErr: "invalid heartbeat 'often'"},
+		{
 			name: "every subdirective",
 			input: `longpoll {
 				interval 2s
@@ -324,6 +334,18 @@ const exampleLongpollBlock = `
 		group demo
 		# Leave this handler out of the caddy_longpoll_* metrics. Default: off.
 		# disable_metrics
+		# Server-Sent Events to an Accept: text/event-stream GET. Default: off.
+		sse
+		# WebSocket streams to an Upgrade: websocket GET. Default: off.
+		websocket
+		# A quiet stream's sign of life (SSE comment, WebSocket ping). Default: 25s.
+		heartbeat 25s
+		# The most streams open at once (503 beyond). Default: 10000.
+		max_streams 10000
+		# End a stream after this long, so that connections rebalance. Default: 0, never.
+		max_stream_duration 1h
+		# Origins allowed to open WebSocket streams. Default: the same origin only.
+		origins localhost:8080
 	}
 `
 
@@ -388,22 +410,30 @@ const exampleJSON = `{
 												{
 													"group": "demo",
 													"handler": "longpoll",
+													"heartbeat": 25000000000,
 													"idle_ttl": 30000000000,
 													"interval": 1000000000,
 													"key": "{http.request.host}{http.request.uri}",
 													"max_body": 1048576,
 													"max_memory": 268435456,
+													"max_stream_duration": 3600000000000,
+													"max_streams": 10000,
 													"max_wait": 55000000000,
 													"max_waiters": 10000,
 													"max_waiters_per_client": 100,
 													"max_watches": 10000,
 													"max_watches_per_client": 64,
+													"origins": [
+														"localhost:8080"
+													],
 													"poll_timeout": 10000000000,
 													"query_params": {
 														"etag": "etag",
 														"wait": "wait"
 													},
-													"topic": "{http.request.uri.path}"
+													"sse": true,
+													"topic": "{http.request.uri.path}",
+													"websocket": true
 												}
 											]
 										},

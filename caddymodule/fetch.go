@@ -36,9 +36,15 @@ type ctxValue struct{ key, val any }
 // would shape the one answer every waiter of the watch gets. Preferences
 // are hints an upstream may ignore: polls send none, and an upstream's
 // `Vary: Prefer` then has nothing to vary on.
+//
+// The headers that chose a stream's delivery go too (a watch made by a
+// stream is polled as a long-poll of the URL would be): Last-Event-ID, the
+// WebSocket handshake's, and an Accept that asks for an event stream.
 var pollHeaders = []string{
 	"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since",
 	"If-Range", "Range", "Accept-Encoding", "Prefer",
+	"Last-Event-Id", "Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version",
+	"Sec-Websocket-Extensions", "Sec-Websocket-Protocol",
 }
 
 // newFetcher builds the fetcher for a watch from its first waiter's
@@ -51,6 +57,9 @@ func newFetcher(r *http.Request, maxBody int64) *fetcher {
 	tmpl.Body, tmpl.ContentLength, tmpl.GetBody = http.NoBody, 0, nil
 	for _, name := range pollHeaders {
 		delete(tmpl.Header, name)
+	}
+	if wantsSSE(tmpl) {
+		delete(tmpl.Header, "Accept")
 	}
 
 	f := &fetcher{tmpl: tmpl, maxBody: maxBody}

@@ -23,7 +23,7 @@ var metrics = newMetricSet()
 // label.
 var outcomes = []string{
 	outcomeImmediate, outcomeChanged, outcomeTimeout, outcomePassthrough,
-	outcomeRejected, outcomeError, outcomeShutdown, outcomeCanceled,
+	outcomeRejected, outcomeError, outcomeShutdown, outcomeCanceled, outcomeStream,
 }
 
 type metricSet struct {
@@ -37,6 +37,8 @@ type metricSet struct {
 	rejectedVec  *prometheus.CounterVec
 	byCap        map[string]prometheus.Counter
 	evicted      prometheus.Counter
+	eventsVec    *prometheus.CounterVec
+	endedVec     *prometheus.CounterVec
 	gauges       gaugeCollector
 }
 
@@ -81,6 +83,14 @@ func newMetricSet() *metricSet {
 			Namespace: ns, Subsystem: sub, Name: "watches_evicted_total",
 			Help: "Idle watches dropped before their idle_ttl to keep within max_memory.",
 		}),
+		eventsVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "stream_events_total",
+			Help: "Versions sent to streams, by delivery: sse, websocket.",
+		}, []string{"delivery"}),
+		endedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "streams_ended_total",
+			Help: "Streams ended, by delivery and reason: client, write_error, heartbeat, duration, reload, shutdown, passthrough, policy.",
+		}, []string{"delivery", "reason"}),
 		byOutcome: make(map[string]outcomeMetrics, len(outcomes)),
 		gauges: gaugeCollector{
 			held: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "held_requests"),
@@ -89,7 +99,15 @@ func newMetricSet() *metricSet {
 				"Watches kept, by state: active (polling for held requests) or idle (kept warm for idle_ttl).", []string{"state"}, nil),
 			bytes: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "watch_bytes"),
 				"Memory the watches hold (representations, and about 1 KiB a watch), as counted against max_memory.", nil, nil),
+			streams: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "streams"),
+				"Streams open now, by delivery: sse, websocket.", []string{"delivery"}, nil),
 		},
+	}
+	for _, d := range []string{deliverySSE, deliveryWebSocket} {
+		m.eventsVec.WithLabelValues(d)
+		for _, r := range endReasons {
+			m.endedVec.WithLabelValues(d, r)
+		}
 	}
 	for _, c := range capNames {
 		m.byCap[c] = m.rejectedVec.WithLabelValues(c)
@@ -113,7 +131,7 @@ func newMetricSet() *metricSet {
 // it) is no error.
 func (m *metricSet) register(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.pollsVec, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.gauges} {
+	for _, c := range []prometheus.Collector{m.pollsVec, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.eventsVec, m.endedVec, m.gauges} {
 		var already prometheus.AlreadyRegisteredError
 		if err := reg.Register(c); err != nil && !errors.As(err, &already) {
 			errs = append(errs, err)
@@ -137,6 +155,30 @@ func (m *metricSet) answered(outcome string, end *holdEnd) {
 	om.held.Observe(end.heldFor.Seconds())
 	if outcome == outcomeChanged && end.st != nil && !end.st.Since.IsZero() {
 		m.delivery.Observe(time.Since(end.st.Since).Seconds())
+	}
+}
+
+// sent counts a version sent to a stream of delivery d.
+func (m *metricSet) sent(d string, disabled bool) {
+	if !disabled {
+		m.eventsVec.WithLabelValues(d).Inc()
+	}
+}
+
+// opened counts a stream of delivery d that starts, in its hub (for the
+// gauge and the admin view) and, with metrics on, in the answers.
+func (m *metricSet) opened(d string, disabled bool, hb *hub) {
+	hb.streams(d).Add(1)
+	if !disabled {
+		m.answered(outcomeStream, nil)
+	}
+}
+
+// closed counts a stream of delivery d that ends, and why.
+func (m *metricSet) closed(d, reason string, disabled bool, hb *hub) {
+	hb.streams(d).Add(-1)
+	if !disabled {
+		m.endedVec.WithLabelValues(d, reason).Inc()
 	}
 }
 
@@ -175,7 +217,7 @@ func (o pollObserver) Evicted(n int) {
 // hub with metrics on, read when the metrics are scraped: nothing is counted
 // on the request path, and a gauge cannot drift from what it measures.
 type gaugeCollector struct {
-	held, watches, bytes *prometheus.Desc
+	held, watches, bytes, streams *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -183,12 +225,13 @@ func (c gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.held
 	ch <- c.watches
 	ch <- c.bytes
+	ch <- c.streams
 }
 
 // Collect implements prometheus.Collector.
 func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	var held, active, all int
-	var bytes int64
+	var bytes, sse, ws int64
 	for _, hb := range runningHubs() {
 		if hb.metrics.Load() {
 			st := hb.engine.Stats()
@@ -196,8 +239,12 @@ func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 			active += st.Active
 			all += st.Watches
 			bytes += st.Bytes
+			sse += hb.openSSE.Load()
+			ws += hb.openWS.Load()
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(sse), deliverySSE)
+	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(ws), deliveryWebSocket)
 	ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(held))
 	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(bytes))
 	ch <- prometheus.MustNewConstMetric(c.watches, prometheus.GaugeValue, float64(active), "active")

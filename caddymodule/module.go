@@ -33,6 +33,8 @@ const (
 	DefaultMaxWatches          = 10000
 	DefaultMaxWatchesPerClient = 64
 	DefaultMaxMemory           = 256 << 20
+	DefaultHeartbeat           = 25 * time.Second
+	DefaultMaxStreams          = 10000
 )
 
 // Handler holds long-poll requests until the resource they watch changes.
@@ -163,6 +165,46 @@ type Handler struct {
 	// else sees it, and left out of the key. Off by default.
 	QueryParams *QueryParams `json:"query_params,omitempty"`
 
+	// Serves [Server-Sent Events](https://html.spec.whatwg.org/multipage/server-sent-events.html):
+	// a `GET` with `Accept: text/event-stream` gets one response that
+	// carries every version of the resource as an event, from the same
+	// watch (same key, same polls, same notifications) as long-polls of
+	// the URL. Off by default, so that an upstream that serves its own
+	// event stream is left alone.
+	SSE bool `json:"sse,omitempty"`
+
+	// Serves WebSocket streams: a `GET` with `Upgrade: websocket` is
+	// upgraded and gets every version of the resource as a JSON message,
+	// from the same watch as long-polls of the URL. Off by default, so
+	// that an upstream that serves its own WebSocket is left alone.
+	WebSocket bool `json:"websocket,omitempty"`
+
+	// How long a stream may go without sending anything before it gets a
+	// sign of life (an SSE comment line, a WebSocket ping), so that
+	// proxies and load balancers do not time it out. A WebSocket client
+	// that does not answer a ping within a second heartbeat is
+	// disconnected. At least `1s`. Default: `25s`.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+
+	// The most streams (SSE and WebSocket) open at once. Past it, a stream
+	// request is answered `503 Service Unavailable` with `Retry-After`
+	// before the stream starts. Streams count against
+	// `max_waiters_per_client` and `max_watches_per_client` too. A
+	// negative value removes the cap. Default: `10000`.
+	MaxStreams int `json:"max_streams,omitempty"`
+
+	// Ends a stream after this long (give or take a tenth, at random), so
+	// that connections rebalance across instances; the client reconnects
+	// and resumes where it was. Default: `0`, off.
+	MaxStreamDuration caddy.Duration `json:"max_stream_duration,omitempty"`
+
+	// The origins allowed to open WebSocket streams besides the request's
+	// own host, as host patterns (`app.example.com`, `*.example.com`;
+	// with a scheme, `https://app.example.com`). Browsers send `Origin`
+	// with every WebSocket; a request from an origin not listed is
+	// answered `403 Forbidden`. Default: the same origin only.
+	Origins []string `json:"origins,omitempty"`
+
 	// Leaves this handler out of the `caddy_longpoll_*` metrics: its
 	// requests and polls are not counted, and its held requests and watches
 	// not reported. Default: false (metrics on).
@@ -272,6 +314,12 @@ func (h *Handler) applyDefaults() {
 	if h.MaxMemory == 0 {
 		h.MaxMemory = DefaultMaxMemory
 	}
+	if h.Heartbeat == 0 {
+		h.Heartbeat = caddy.Duration(DefaultHeartbeat)
+	}
+	if h.MaxStreams == 0 {
+		h.MaxStreams = DefaultMaxStreams
+	}
 }
 
 // Validate checks the settings; errors name the JSON key.
@@ -292,6 +340,13 @@ func (h *Handler) Validate() error {
 	check(h.MaxMemory > 0 && h.MaxMemory < 2*h.MaxBody,
 		"max_memory (%d) must be at least twice max_body (%d), room for a representation of max_body and more", h.MaxMemory, h.MaxBody)
 	check(h.MaxWaitersPerClient < 0, "max_waiters_per_client must not be negative, got %d", h.MaxWaitersPerClient)
+	check(h.Heartbeat < caddy.Duration(time.Second), "heartbeat must be at least 1s, got %v", time.Duration(h.Heartbeat))
+	check(h.MaxStreamDuration < 0, "max_stream_duration must not be negative, got %v", time.Duration(h.MaxStreamDuration))
+	check(h.MaxStreamDuration > 0 && h.MaxStreamDuration < caddy.Duration(10*time.Second),
+		"max_stream_duration must be 0 (off) or at least 10s, got %v", time.Duration(h.MaxStreamDuration))
+	for _, o := range h.Origins {
+		check(o == "" || strings.ContainsAny(o, " ,"), "origins: %q is not an origin or host pattern", o)
+	}
 	if h.Key != "" {
 		if err := checkKeyTemplate(h.Key); err != nil {
 			errs = append(errs, err)

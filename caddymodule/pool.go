@@ -43,6 +43,8 @@ type hub struct {
 	stop        chan struct{}
 	id          uint64 // tells hubs apart in listings
 
+	openSSE, openWS atomic.Int64 // streams open now
+
 	mu       sync.Mutex
 	handlers []*Handler // provisioned and not cleaned up, oldest first
 
@@ -91,6 +93,14 @@ func (hb *hub) apply() error {
 	return nil
 }
 
+// streams returns the count of open streams of delivery d.
+func (hb *hub) streams(d string) *atomic.Int64 {
+	if d == deliveryWebSocket {
+		return &hb.openWS
+	}
+	return &hb.openSSE
+}
+
 // groupName returns the hub's notification group.
 func (hb *hub) groupName() string {
 	if g := hb.group.Load(); g != nil {
@@ -120,7 +130,28 @@ func runningHubs() []*hub {
 // shutdown waiting for them.
 const exitCheckInterval = 200 * time.Millisecond
 
+// exitOnce registers closeAtExit with Caddy, once per process.
+var exitOnce sync.Once
+
+// closeAtExit runs as Caddy exits, after its servers have stopped: their
+// graceful shutdown does not wait for WebSocket connections (hijacked), so
+// it closes every engine and gives their streams up to a second to send
+// their close frames.
+func closeAtExit(context.Context) {
+	hbs := runningHubs()
+	for _, hb := range hbs {
+		_ = hb.engine.Close()
+	}
+	deadline := time.Now().Add(time.Second)
+	for _, hb := range hbs {
+		for hb.openWS.Load() > 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
 func newHub(h *Handler, server string) (*hub, error) {
+	exitOnce.Do(func() { caddy.OnExit(closeAtExit) })
 	hb := &hub{stop: make(chan struct{}), id: hubIDs.Add(1)}
 	hb.log.Store(h.logger)
 	opts := []longpoll.Option{longpoll.WithLoggerFunc(hb.log.Load), longpoll.WithObserver(pollObserver{metrics, hb})}

@@ -46,7 +46,18 @@ const (
 // statistics, Stack) shows whether held stacks stay at 8 KiB.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if h.WebSocket && r.Method == http.MethodConnect {
+			return h.refuseWebSocketOverH2(w, r, next)
+		}
 		return next.ServeHTTP(w, r)
+	}
+	if (h.SSE || h.WebSocket) && r.Method == http.MethodGet {
+		switch {
+		case h.SSE && wantsSSE(r):
+			return h.serveSSE(w, r, next)
+		case h.WebSocket && isWebSocket(r):
+			return h.serveWebSocket(w, r, next)
+		}
 	}
 	lp, ok := h.parseLongPoll(r)
 	if !ok {

@@ -751,8 +751,10 @@ func TestUpstreamErrorOnColdWatchWakes(t *testing.T) {
 }
 
 // When a warm watch starts failing, held clients keep waiting on the last
-// good snapshot: a failure is not a change of representation.
-func TestUpstreamErrorOnWarmWatchDoesNotWake(t *testing.T) {
+// good snapshot: a failure is not a change of representation. Subscribers
+// are woken once, when the run of failures starts (a stream tells its
+// client), and told to wait on; later failures wake nobody.
+func TestUpstreamErrorOnWarmWatch(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake(serve("v1"))
@@ -772,8 +774,16 @@ func TestUpstreamErrorOnWarmWatchDoesNotWake(t *testing.T) {
 		if now.Snapshot != st.Snapshot {
 			t.Errorf("after a failed poll: Snapshot = %p, want the last good one %p", now.Snapshot, st.Snapshot)
 		}
-		if isClosed(st.Changed()) {
-			t.Errorf("a failed poll of a warm watch closed Changed, want it open")
+		if !isClosed(st.Changed()) {
+			t.Errorf("the first failed poll of a warm watch left Changed open, want subscribers woken once")
+		}
+		if d := now.Decide([]string{st.Snapshot.ETag}, nil); d != longpoll.Wait {
+			t.Errorf("a subscriber with the last good version, after a failure: Decide = %v, want wait", d)
+		}
+		time.Sleep(10 * time.Second) // more failed polls
+		synctest.Wait()
+		if c := sub.State().Failure.Count; c < 2 || isClosed(now.Changed()) {
+			t.Errorf("after %d failed polls: Changed closed again, want one wake per run", c)
 		}
 	})
 }

@@ -15,6 +15,8 @@ var (
 	// ErrTooManyForClient means the cap on held requests for one client
 	// address is reached.
 	ErrTooManyForClient = errors.New("longpoll: too many held requests for this client")
+	// ErrTooManyStreams means the cap on open streams is reached.
+	ErrTooManyStreams = errors.New("longpoll: too many open streams")
 	// ErrTooManyWatchesForClient means the cap on the watches one client
 	// address holds requests on is reached: each of them polls the
 	// upstream, so one client could otherwise make it pay per key.
@@ -32,13 +34,18 @@ type Caps struct {
 	// requests on at once; more requests on a key it holds already are
 	// not counted again.
 	WatchesPerClient int
+	// Stream says the request is a stream (it stays across many changes):
+	// Total then caps the streams, counted apart from held requests; the
+	// per-client caps count both.
+	Stream bool
 }
 
 // Limiter counts held requests, in all, per client address and per key of
 // each client, to enforce Caps. The zero value is ready to use.
 type Limiter struct {
 	mu      sync.Mutex
-	total   int
+	total   int // held requests
+	streams int
 	clients map[string]*clientHolds
 }
 
@@ -58,9 +65,10 @@ type keyHolds struct {
 
 // Ticket is one admitted request. Release it exactly once.
 type Ticket struct {
-	l *Limiter
-	c *clientHolds // nil when no per-client cap applied
-	k *keyHolds
+	l      *Limiter
+	c      *clientHolds // nil when no per-client cap applied
+	k      *keyHolds
+	stream bool
 }
 
 // Acquire admits one request from client on key, unless that would go past
@@ -69,10 +77,17 @@ type Ticket struct {
 func (l *Limiter) Acquire(client string, key Key, caps Caps) (Ticket, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if caps.Total > 0 && l.total >= caps.Total {
+	count := &l.total
+	if caps.Stream {
+		count = &l.streams
+	}
+	if caps.Total > 0 && *count >= caps.Total {
+		if caps.Stream {
+			return Ticket{}, ErrTooManyStreams
+		}
 		return Ticket{}, ErrTooManyWaiters
 	}
-	t := Ticket{l: l}
+	t := Ticket{l: l, stream: caps.Stream}
 	if caps.PerClient > 0 || caps.WatchesPerClient > 0 {
 		c := l.clients[client]
 		var k *keyHolds
@@ -100,7 +115,7 @@ func (l *Limiter) Acquire(client string, key Key, caps Caps) (Ticket, error) {
 		k.held++
 		t.c, t.k = c, k
 	}
-	l.total++
+	*count++
 	return t, nil
 }
 
@@ -111,7 +126,11 @@ func (t Ticket) Release() {
 	}
 	t.l.mu.Lock()
 	defer t.l.mu.Unlock()
-	t.l.total--
+	if t.stream {
+		t.l.streams--
+	} else {
+		t.l.total--
+	}
 	if c := t.c; c != nil {
 		c.held--
 		if t.k.held--; t.k.held == 0 {
@@ -123,9 +142,17 @@ func (t Ticket) Release() {
 	}
 }
 
-// Held returns the number of requests admitted and not released.
+// Held returns the number of requests admitted and not released, streams
+// aside.
 func (l *Limiter) Held() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.total
+}
+
+// Streams returns the number of streams admitted and not released.
+func (l *Limiter) Streams() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.streams
 }

@@ -290,7 +290,9 @@ func (w *watch) failed(err error) {
 	cur := w.state.Load()
 	next := *cur
 	next.Failure = &Failure{Err: err, RetryAfter: d, Count: w.failures}
-	w.publish(&next, cur.Pending())
+	// Subscribers are woken when a run of failures starts (a stream tells
+	// its client; a held request waits on), not at every failed poll.
+	w.publish(&next, cur.Pending() || w.failures == 1)
 	if w.failures > 1 {
 		return
 	}

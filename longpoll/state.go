@@ -12,8 +12,8 @@ import (
 // subscriber reads it, asks Decide what to do, and when told to wait,
 // waits on Changed, which is closed when a state that matters to
 // subscribers replaces it: a new representation (a different ETag), the
-// first result of a new watch, a failure before any representation, a
-// switch to pass-through, or the engine closing.
+// first result of a new watch, the first failure of a run, a switch to
+// pass-through, or the engine closing.
 type State struct {
 	// Snapshot is the last representation polled, nil before the first
 	// successful poll.

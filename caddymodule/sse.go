@@ -1,0 +1,187 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// Server-Sent Events: a GET that accepts text/event-stream gets one
+// response carrying every version of the resource as an event.
+//
+//	retry: 3412                      reconnect hint, with jitter
+//
+//	id: y89PCoXva9PuEz7Mq07TSyx9     the version's ETag, without quotes
+//	data: {"order": 42,              the body, a data line per line
+//	data:  "status": "shipped"}
+//
+//	id: 4cX8YfxFJtjMkDYC6eDtxZjg
+//	event: http-404                  a status other than 2xx names the event
+//	data: no such order
+//
+//	event: upstream-error            the upstream fails (once per run)
+//	data: {"retry_after": 5}
+//
+//	: heartbeat                      nothing sent for a heartbeat
+
+// wantsSSE reports whether r accepts an event stream.
+func wantsSSE(r *http.Request) bool {
+	for _, line := range r.Header.Values("Accept") {
+		for part := range strings.SplitSeq(line, ",") {
+			if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == "text/event-stream" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// serveSSE serves an event stream of the watch of r's key.
+func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	have := h.streamHave(r)
+	ticket, sub, err := h.admitStream(r, next, repl)
+	switch {
+	case errors.Is(err, longpoll.ErrClosed):
+		return next.ServeHTTP(w, r)
+	case err != nil:
+		repl.Set("http.longpoll.outcome", outcomeRejected)
+		h.delivered(outcomeRejected, nil, nil)
+		return h.reject(w, err)
+	}
+	defer ticket.Release()
+	defer sub.Close()
+
+	// The watch's first result says whether there is a stream at all: a
+	// resource that cannot be shared (an upstream that streams events of
+	// its own, say) is passed on as it came, before a byte is written.
+	st, err := sub.Fresh(r.Context())
+	if err != nil {
+		return nil // the client left
+	}
+	if st.Decide(have, r.Header) == longpoll.PassThrough {
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.delivered(outcomePassthrough, nil, nil)
+		return next.ServeHTTP(w, r)
+	}
+
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	// no-transform: encode leaves the stream alone, and no compression
+	// buffer holds an event back
+	hdr.Set("Cache-Control", "no-cache, no-transform")
+	hdr.Add("Vary", "Accept")
+	hdr.Set("X-Accel-Buffering", "no") // nginx and others in front: do not buffer
+	hdr.Del("Content-Length")
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
+	_ = sw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	w.WriteHeader(http.StatusOK)
+	// A reconnect hint with jitter, so that clients cut off together do
+	// not come back together.
+	if sw.write([]byte("retry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n")) != nil {
+		return nil
+	}
+	repl.Set("http.longpoll.outcome", outcomeStream)
+	metrics.opened(deliverySSE, h.DisableMetrics, h.hub)
+	reason := h.runStream(r.Context(), sub, sw, have, r.Header, deliverySSE)
+	metrics.closed(deliverySSE, reason, h.DisableMetrics, h.hub)
+	return nil
+}
+
+// streamHave returns the version a stream's client has: Last-Event-ID (an
+// EventSource that reconnects sends the last id it got), the etag query
+// parameter (with query_params), or If-None-Match; quoted or not. It
+// removes the module's query parameters from r, as for a long-poll, so that
+// the key is the same.
+func (h *Handler) streamHave(r *http.Request) []string {
+	var etag string
+	if qp := h.QueryParams; qp != nil && r.URL.RawQuery != "" {
+		_, _, etag = stripQueryParams(r, qp)
+	}
+	switch id := r.Header.Get("Last-Event-ID"); {
+	case id != "":
+		return []string{id}
+	case etag != "":
+		return []string{longpoll.QueryETag(etag)}
+	}
+	return r.Header.Values("If-None-Match")
+}
+
+// sseWriter writes a stream's events.
+type sseWriter struct {
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	ctx context.Context
+}
+
+// write writes p and flushes it, within writeTimeout.
+func (s *sseWriter) write(p []byte) error {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := s.w.Write(p); err != nil {
+		return err
+	}
+	return s.rc.Flush()
+}
+
+func (s *sseWriter) send(snap *longpoll.Snapshot) error { return s.write(sseEvent(snap)) }
+
+func (s *sseWriter) failing(f *longpoll.Failure) error {
+	return s.write([]byte("event: upstream-error\ndata: {\"retry_after\": " +
+		strconv.Itoa(max(1, int(f.RetryAfter.Seconds()+0.5))) + "}\n\n"))
+}
+
+var heartbeatComment = []byte(": heartbeat\n\n")
+
+func (s *sseWriter) heartbeat() error { return s.write(heartbeatComment) }
+
+func (s *sseWriter) gone() (<-chan struct{}, func() string) {
+	return s.ctx.Done(), func() string { return "" }
+}
+
+// sseEventKey is the key of a snapshot's event (Snapshot.Derived).
+type sseEventKey struct{}
+
+// sseEvent returns the event of a snapshot, made once and shared by every
+// stream of the watch.
+func sseEvent(s *longpoll.Snapshot) []byte {
+	return s.Derived(sseEventKey{}, makeSSEEvent).([]byte)
+}
+
+func makeSSEEvent(s *longpoll.Snapshot) any {
+	var b bytes.Buffer
+	b.Grow(len(s.Body) + 64)
+	b.WriteString("id: ")
+	b.WriteString(strings.Trim(s.ETag, `"`))
+	b.WriteByte('\n')
+	if s.Status < 200 || s.Status > 299 {
+		// a 2xx is a default event, for onmessage; other statuses are named
+		b.WriteString("event: http-")
+		b.WriteString(strconv.Itoa(s.Status))
+		b.WriteByte('\n')
+	}
+	// The event stream format ends a line at CR LF, LF or CR: a body's
+	// line breaks arrive as LF.
+	body := bytes.ReplaceAll(s.Body, []byte("\r\n"), []byte("\n"))
+	body = bytes.ReplaceAll(body, []byte("\r"), []byte("\n"))
+	for line := range bytes.SplitSeq(body, []byte("\n")) {
+		b.WriteString("data: ")
+		b.Write(line)
+		b.WriteByte('\n')
+	}
+	b.WriteByte('\n')
+	return b.Bytes()
+}

@@ -1,0 +1,266 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// WebSocket: a GET with Upgrade: websocket is upgraded, and gets every
+// version of the resource as one text message, a JSON object:
+//
+//	{"etag": "\"y89PCoXva9PuEz7Mq07TSyx9\"", "status": 200,
+//	 "content_type": "application/json", "body": {"order": 42}}
+//
+// body is the JSON value itself for a JSON content type, a string for other
+// text, and absent, with body_base64, for anything else. An upstream that
+// fails: {"error": "upstream failing", "retry_after": 5}. The client sends
+// nothing: a data message closes the connection (1008), one over
+// wsReadLimit too (1009). A ping goes out every heartbeat; a client that has
+// not answered when the next is due is disconnected.
+//
+// The WebSocket library is github.com/coder/websocket: it reaches the
+// connection through http.ResponseController's Unwrap chain, as Caddy's
+// wrapped response writers require.
+
+// wsReadLimit bounds a client's message: it is not expected to send any.
+const wsReadLimit = 512
+
+// isWebSocket reports whether r asks for a WebSocket upgrade.
+func isWebSocket(r *http.Request) bool {
+	return headerHasToken(r.Header, "Upgrade", "websocket") && headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, line := range h.Values(name) {
+		for v := range strings.SplitSeq(line, ",") {
+			if strings.EqualFold(strings.TrimSpace(v), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// refuseWebSocketOverH2 answers a WebSocket over HTTP/2 or HTTP/3 (an
+// extended CONNECT) with a status that says so, rather than hang or fail:
+// streams of this module are served over HTTP/1.1. Other CONNECT requests
+// go on.
+func (h *Handler) refuseWebSocketOverH2(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !strings.EqualFold(r.Header.Get(":protocol"), "websocket") && !strings.EqualFold(r.Proto, "websocket") &&
+		r.Header.Get("Sec-Websocket-Version") == "" {
+		return next.ServeHTTP(w, r)
+	}
+	return caddyhttp.Error(http.StatusNotImplemented,
+		errors.New("longpoll: WebSocket over HTTP/2 or HTTP/3 is not served: connect over HTTP/1.1"))
+}
+
+// serveWebSocket upgrades r and streams the watch of its key.
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	have := h.streamHave(r)
+	ticket, sub, err := h.admitStream(r, next, repl)
+	switch {
+	case errors.Is(err, longpoll.ErrClosed):
+		return next.ServeHTTP(w, r)
+	case err != nil:
+		// over a cap: refused before the upgrade, with Retry-After
+		repl.Set("http.longpoll.outcome", outcomeRejected)
+		h.delivered(outcomeRejected, nil, nil)
+		return h.reject(w, err)
+	}
+	defer ticket.Release()
+	defer sub.Close()
+
+	st, err := sub.Fresh(r.Context())
+	if err != nil {
+		return nil // the client left
+	}
+	if st.Decide(have, r.Header) == longpoll.PassThrough {
+		// an upstream that cannot be shared, its own WebSocket say
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.delivered(outcomePassthrough, nil, nil)
+		return next.ServeHTTP(w, r)
+	}
+
+	// The connection is the module's from the upgrade on: the server's
+	// read and write deadlines no longer apply to it (each write has its
+	// own), and it is closed here, on every path.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns:  h.Origins,
+		CompressionMode: websocket.CompressionDisabled, // with context takeover, ~1.2 MiB a connection
+	})
+	if err != nil {
+		return nil // Accept answered the client (403 for another origin)
+	}
+	conn.SetReadLimit(wsReadLimit)
+	repl.Set("http.longpoll.outcome", outcomeStream)
+
+	ctx, cancel := context.WithCancel(context.Background()) // not the request's: Accept has taken the connection
+	defer cancel()
+	ws := &wsWriter{conn: conn, ctx: ctx, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
+	go ws.read()
+	metrics.opened(deliveryWebSocket, h.DisableMetrics, h.hub)
+	reason := h.runStream(ctx, sub, ws, have, r.Header, deliveryWebSocket)
+	ws.close(reason)
+	metrics.closed(deliveryWebSocket, reason, h.DisableMetrics, h.hub)
+	return nil
+}
+
+// wsWriter writes a stream's messages to a WebSocket.
+type wsWriter struct {
+	conn     *websocket.Conn
+	ctx      context.Context
+	interval time.Duration // the heartbeat: a ping's time to be answered
+
+	pinging atomic.Bool
+	mu      sync.Mutex // guards why
+	why     string     // the delivery's own reason to end, if any
+	done    chan struct{}
+	once    sync.Once
+}
+
+// end ends the stream for a reason of the delivery's own.
+func (ws *wsWriter) end(why string) {
+	ws.once.Do(func() {
+		ws.mu.Lock()
+		ws.why = why
+		ws.mu.Unlock()
+		close(ws.done)
+	})
+}
+
+// read reads what the client sends: control frames (pongs, its close) are
+// handled by the library while it waits; a data message, or one over the
+// limit, ends the stream.
+func (ws *wsWriter) read() {
+	_, _, err := ws.conn.Reader(ws.ctx)
+	switch {
+	case err == nil:
+		ws.end(endPolicy)
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		ws.end(endPolicy)
+	default:
+		ws.end(endClient) // its close, or the connection gone
+	}
+}
+
+func (ws *wsWriter) write(p []byte) error {
+	ctx, cancel := context.WithTimeout(ws.ctx, writeTimeout)
+	defer cancel()
+	return ws.conn.Write(ctx, websocket.MessageText, p)
+}
+
+func (ws *wsWriter) send(s *longpoll.Snapshot) error { return ws.write(wsMessage(s)) }
+
+func (ws *wsWriter) failing(f *longpoll.Failure) error {
+	return ws.write([]byte(`{"error": "upstream failing", "retry_after": ` +
+		strconv.Itoa(max(1, int(f.RetryAfter.Seconds()+0.5))) + "}"))
+}
+
+// heartbeat sends a ping, unless one is under way. It does not wait for the
+// pong: a client that has not answered by the next heartbeat is dropped.
+func (ws *wsWriter) heartbeat() error {
+	if !ws.pinging.CompareAndSwap(false, true) {
+		ws.end(endHeartbeat) // the last ping is still unanswered
+		return nil
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(ws.ctx, ws.interval)
+		defer cancel()
+		if err := ws.conn.Ping(ctx); err != nil && ws.ctx.Err() == nil {
+			ws.end(endHeartbeat)
+			return
+		}
+		ws.pinging.Store(false)
+	}()
+	return nil
+}
+
+func (ws *wsWriter) gone() (<-chan struct{}, func() string) {
+	return ws.done, func() string {
+		ws.mu.Lock()
+		defer ws.mu.Unlock()
+		return ws.why
+	}
+}
+
+// close ends the connection with the close code for why.
+func (ws *wsWriter) close(why string) {
+	switch why {
+	case endShutdown:
+		_ = ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
+	case endReload, endDuration, endPassthrough:
+		// the client should come back: the service restarts
+		_ = ws.conn.Close(websocket.StatusServiceRestart, "reconnect")
+	case endPolicy:
+		_ = ws.conn.Close(websocket.StatusPolicyViolation, "messages from clients are not expected")
+	case endClient:
+		_ = ws.conn.Close(websocket.StatusNormalClosure, "")
+	default: // write error, missed heartbeat
+		_ = ws.conn.CloseNow()
+	}
+}
+
+// wsMessageKey is the key of a snapshot's message (Snapshot.Derived).
+type wsMessageKey struct{}
+
+// wsMessage returns the message of a snapshot, made once and shared by
+// every stream of the watch.
+func wsMessage(s *longpoll.Snapshot) []byte {
+	return s.Derived(wsMessageKey{}, makeWSMessage).([]byte)
+}
+
+func makeWSMessage(s *longpoll.Snapshot) any {
+	m := struct {
+		ETag        string          `json:"etag"`
+		Status      int             `json:"status"`
+		ContentType string          `json:"content_type,omitempty"`
+		Body        json.RawMessage `json:"body,omitempty"`
+		BodyBase64  string          `json:"body_base64,omitempty"`
+	}{ETag: s.ETag, Status: s.Status, ContentType: s.Header.Get("Content-Type")}
+	switch mt, params, _ := mime.ParseMediaType(m.ContentType); {
+	case (mt == "application/json" || strings.HasSuffix(mt, "+json")) && json.Valid(s.Body):
+		m.Body = s.Body
+	case isText(mt, params) && utf8.Valid(s.Body):
+		m.Body, _ = json.Marshal(string(s.Body))
+	case len(s.Body) > 0:
+		m.BodyBase64 = base64.StdEncoding.EncodeToString(s.Body)
+	default:
+		m.Body = json.RawMessage(`""`)
+	}
+	b, _ := json.Marshal(m) // only strings, numbers and valid JSON: no error
+	return b
+}
+
+// isText reports whether a media type is text.
+func isText(mt string, params map[string]string) bool {
+	switch {
+	case strings.HasPrefix(mt, "text/"), params["charset"] != "",
+		mt == "application/javascript", mt == "application/xml", strings.HasSuffix(mt, "+xml"):
+		return true
+	}
+	return false
+}
