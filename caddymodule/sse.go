@@ -92,7 +92,7 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, next caddyhtt
 	w.WriteHeader(http.StatusOK)
 	// A reconnect hint with jitter, so that clients cut off together do
 	// not come back together.
-	if sw.write([]byte("retry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n")) != nil {
+	if sw.write([]byte("retry: "+strconv.Itoa(1000+rand.IntN(4000))+"\n\n")) != nil {
 		return nil
 	}
 	repl.Set("http.longpoll.outcome", outcomeStream)
