@@ -161,6 +161,7 @@ func TestProvisionKeepsSettings(t *testing.T) {
 		Interval: 2 * s, MaxWait: 20 * s, IdleTTL: 7 * s, PollTimeout: 3 * s,
 		Key: "test:" + t.Name() + ":{http.request.uri}", MaxBody: 5, MaxWaiters: -1, MaxWaitersPerClient: 4,
 		MaxWatchesPerClient: 9, MaxWatches: 11, MaxMemory: 4096,
+		Heartbeat: 3 * s, MaxStreams: 12,
 	}
 	want := *h
 	provision(t, newTestContext(t), h)
