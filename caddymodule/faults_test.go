@@ -15,8 +15,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // This file attacks a real Caddy process from outside, as an untrusted
@@ -610,5 +613,114 @@ func TestFaultsReloadStorm(t *testing.T) {
 	t.Logf("%d clients held through a reload that replaced their engine: %d failed", clients, failed)
 	if failed > 0 {
 		t.Errorf("%d of %d clients got an error from the reload or coming back after it, want none", failed, clients)
+	}
+}
+
+// Shutdown ends every stream within a second: an event stream's response
+// ends, a WebSocket is closed with 1001 (going away), rather than cut when
+// the process exits (the server's graceful shutdown does not wait for a
+// hijacked connection).
+func TestFaultsShutdownEndsStreams(t *testing.T) {
+	up := newFaultUpstream(t)
+	p := startCaddy(t, "", fmt.Sprintf("\tlongpoll {\n\t\tsse\n\t\twebsocket\n\t}\n\treverse_proxy %s\n", up.addr()))
+	req, _ := http.NewRequest("GET", p.base+"/streamed", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sseEnded := make(chan time.Time, 1)
+	go func() { _, _ = io.Copy(io.Discard, resp.Body); sseEnded <- time.Now() }()
+	conn, _, err := websocket.Dial(context.Background(), strings.Replace(p.base, "http", "ws", 1)+"/streamed", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	type closed struct {
+		at  time.Time
+		err error
+	}
+	wsEnded := make(chan closed, 1)
+	go func() {
+		for {
+			if _, _, err := conn.Read(context.Background()); err != nil {
+				wsEnded <- closed{time.Now(), err}
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond) // both streams open, the first version sent
+	stopped := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-sseEnded:
+		if d := at.Sub(stopped); d > time.Second {
+			t.Errorf("event stream ended %v after SIGTERM, want within 1s", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("event stream not ended within 10s of SIGTERM")
+	}
+	select {
+	case c := <-wsEnded:
+		if d := c.at.Sub(stopped); d > time.Second || websocket.CloseStatus(c.err) != websocket.StatusGoingAway {
+			t.Errorf("WebSocket %v after SIGTERM: %v, want a close with 1001 within 1s", d, c.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("WebSocket not closed within 10s of SIGTERM")
+	}
+}
+
+// 1,000 streams opened and dropped with a reset leave nothing behind: the
+// goroutines and open streams of the process go back to where they were.
+func TestFaultsStreamsDroppedLeaveNothing(t *testing.T) {
+	up := newFaultUpstream(t)
+	p := startCaddy(t, "", fmt.Sprintf("\tlongpoll {\n\t\tsse\n\t\twebsocket\n\t}\n\treverse_proxy %s\n", up.addr()))
+	c := faultClient(t)
+	send(c, "GET", p.base+"/churn", "Prefer", "wait=1") // the watch, warm
+	before := p.metric(t, "go_goroutines")
+	addr := strings.TrimPrefix(p.base, "http://")
+	for round := range 2 {
+		var conns []net.Conn
+		for i := range 500 {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i%2 == 0 {
+				fmt.Fprintf(conn, "GET /churn HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", addr)
+			} else {
+				fmt.Fprintf(conn, "GET /churn HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+					"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", addr)
+			}
+			conns = append(conns, conn)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for p.metric(t, `caddy_longpoll_streams{delivery="sse"}`)+p.metric(t, `caddy_longpoll_streams{delivery="websocket"}`) < 500 {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: 500 streams not open within 20s", round)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		for _, conn := range conns {
+			_ = conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+		}
+	}
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		open := p.metric(t, `caddy_longpoll_streams{delivery="sse"}`) + p.metric(t, `caddy_longpoll_streams{delivery="websocket"}`)
+		after := p.metric(t, "go_goroutines")
+		if open == 0 && after <= before+10 {
+			t.Logf("goroutines: %v before, %v after 1,000 streams dropped", before, after)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30s after 1,000 streams were dropped: %v still open, %v goroutines (%v before)", open, after, before)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

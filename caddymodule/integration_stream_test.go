@@ -416,3 +416,57 @@ func TestIntegrationStreamsReload(t *testing.T) {
 		}
 	}
 }
+
+// TestIntegrationStreamsReloadReplacesEngine reloads a config that changes
+// what a watch is (max_body): its streams end, spread over a few seconds
+// (WebSocket with 1012, "restart"), and a client that resumes from the last
+// version it got misses nothing and gets nothing twice.
+func TestIntegrationStreamsReloadReplacesEngine(t *testing.T) {
+	tc := itStart(t)
+	up := newItUpstream(t)
+	itLoad(t, tc, itConfig("", streamSite(up, "")))
+	var sses []*sseClient
+	var ids []string
+	for range 10 {
+		s := openSSE(t, "/swap")
+		ids = append(ids, s.next(t, 5*time.Second).ID)
+		sses = append(sses, s)
+	}
+	ws := openWS(t, "/swap")
+	readWS(t, ws, 5*time.Second)
+	start := time.Now()
+	itLoad(t, tc, itConfig("", streamSite(up, "max_body 512KiB")))
+	var first, last time.Duration
+	for i, s := range sses {
+		select {
+		case ev, ok := <-s.events:
+			for ok && ev.Comment {
+				ev, ok = <-s.events
+			}
+			if ok {
+				t.Fatalf("stream %d: got event %+v, want the stream ended", i, ev)
+			}
+		case <-time.After(replaceSpread + 3*time.Second):
+			t.Fatalf("stream %d not ended within %v of the reload", i, replaceSpread+3*time.Second)
+		}
+		d := time.Since(start)
+		if i == 0 || d < first {
+			first = d
+		}
+		last = max(last, d)
+	}
+	if last-first < replaceSpread/4 {
+		t.Errorf("10 streams ended within %v of each other, want them spread", last-first)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), replaceSpread+3*time.Second)
+	defer cancel()
+	if _, _, err := ws.Read(ctx); websocket.CloseStatus(err) != websocket.StatusServiceRestart {
+		t.Errorf("WebSocket at the reload: got %v, want a close with 1012", err)
+	}
+	// Resuming from the last version: nothing twice, then the next.
+	resumed := openSSE(t, "/swap", "Last-Event-ID", ids[0])
+	up.set("/swap", http.StatusOK, "after the swap")
+	if ev := resumed.next(t, 5*time.Second); ev.Data != "after the swap" {
+		t.Errorf("resumed stream: got %+v, want only the new version", ev)
+	}
+}
