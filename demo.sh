@@ -77,7 +77,41 @@ curl -si -H 'Prefer: wait=2' -H "If-None-Match: $etag2" -w '\n[held for %{time_t
 	"$BASE/status.txt" | tee "$scratch/timeout"
 [ "$(status_of "$scratch/timeout")" = 304 ] || fail "no 304 after the wait"
 
-say "4. what the operator sees: metrics, watches, the access log, the module's log lines"
+say "4. the same watch as a stream: every version, as it comes (the demo edits the file twice)"
+# A WebSocket client from npm's packages, if node is there (npx fetches it).
+ws_pid=""
+if command -v npx >/dev/null; then
+	echo "\$ npx --yes wscat@6.1.0 --connect ws://localhost:8080/status.txt"
+	mkfifo "$scratch/ws-in" # its input: open until the demo closes it
+	npx --yes wscat@6.1.0 --connect ws://localhost:8080/status.txt <"$scratch/ws-in" >"$scratch/ws" 2>&1 &
+	ws_pid=$!
+	exec 3>"$scratch/ws-in"
+	for _ in $(seq 300); do # until the stream is open (npx may fetch wscat first)
+		curl -s localhost:2019/metrics | grep -q '^caddy_longpoll_streams{delivery="websocket"} 1' && break
+		sleep 0.2
+	done
+fi
+echo "\$ curl -N -H 'Accept: text/event-stream' $BASE/status.txt"
+curl -sN --max-time 4 -H 'Accept: text/event-stream' "$BASE/status.txt" >"$scratch/sse" &
+sse_pid=$!
+sleep 1.5
+echo "version 3" >"$scratch/status.txt"
+sleep 1.5
+echo "version 4" >"$scratch/status.txt"
+wait $sse_pid || true # curl stops after 4 seconds
+cat "$scratch/sse"
+for v in 2 3 4; do
+	grep -q "^data: version $v" "$scratch/sse" || fail "the event stream did not carry version $v"
+done
+if [ -n "$ws_pid" ]; then
+	exec 3>&- # wscat's input ends: it leaves
+	wait $ws_pid || true
+	echo "(wscat)"
+	cat "$scratch/ws"
+	grep -q '"body":"version 4' "$scratch/ws" || fail "the WebSocket did not carry version 4"
+fi
+
+say "5. what the operator sees: metrics, watches, the access log, the module's log lines"
 echo '$ curl -s localhost:2019/metrics | grep ^caddy_longpoll_answers_total'
 curl -s localhost:2019/metrics | grep '^caddy_longpoll_answers_total' | tee "$scratch/metrics"
 for outcome in immediate changed timeout; do
