@@ -72,6 +72,7 @@ type watchTotals struct {
 	Failing      int `json:"failing_watches"`
 	Waiters      int `json:"waiters"`       // subscriptions, summed over the watches
 	HeldRequests int `json:"held_requests"` // requests admitted and not yet answered
+	Streams      int `json:"streams"`       // open streams (SSE and WebSocket)
 	Listed       int `json:"listed"`
 }
 
@@ -82,6 +83,7 @@ type watchView struct {
 	Group             string    `json:"group,omitempty"`
 	State             string    `json:"state"` // polling, idle, failing or passthrough
 	Waiters           int       `json:"waiters"`
+	Streams           int       `json:"streams"` // of the waiters, the streams
 	Interval          string    `json:"interval"`
 	LastPoll          time.Time `json:"last_poll,omitzero"`
 	LastResult        string    `json:"last_result,omitempty"`
@@ -123,6 +125,7 @@ func collectWatches(hbs []*hub, limit int) watchesView {
 	var last *hubWatch // once top has been cut: the last watch kept
 	for _, hb := range hbs {
 		view.Totals.HeldRequests += hb.limiter.Held()
+		view.Totals.Streams += hb.limiter.Streams()
 		for info := range hb.engine.Watches() {
 			view.Totals.Watches++
 			view.Totals.Waiters += info.Waiters
@@ -171,7 +174,7 @@ func (hw hubWatch) describe() watchView {
 	info := hw.info
 	v := watchView{
 		Watch: info.Key.Short(), Topic: info.Topic, Group: hw.hb.groupName(),
-		Waiters: info.Waiters, Interval: hw.hb.engine.Config().Interval.String(),
+		Waiters: info.Waiters, Streams: info.Streams, Interval: hw.hb.engine.Config().Interval.String(),
 		LastPoll: info.LastPoll, LastChange: info.LastChange,
 		ConsecutiveErrors: info.Failures, ETag: info.ETag,
 	}

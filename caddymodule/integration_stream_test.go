@@ -404,6 +404,11 @@ func TestIntegrationStreamsReload(t *testing.T) {
 	ws := openWS(t, "/rl")
 	sse.next(t, 5*time.Second)
 	readWS(t, ws, 5*time.Second)
+	// the admin view counts the streams, per watch and in all
+	if status, body := itAdminGet(t, "GET", "/longpoll/watches"); status != http.StatusOK ||
+		!strings.Contains(body, `"streams":2,`) || !strings.Contains(body, `"topic":"/rl","server":"srv0","state":"polling","waiters":2,"streams":2`) {
+		t.Errorf("admin view with two streams open: got %d %s", status, body)
+	}
 	for i, site := range []string{streamSite(up, ""), streamSite(up, "heartbeat 5s\nmax_streams 100")} {
 		itLoad(t, tc, itConfig("", site))
 		body := fmt.Sprint("after reload ", i)

@@ -96,6 +96,7 @@ func (h *Handler) runStream(ctx context.Context, sub *longpoll.Subscription, sw 
 	if d := time.Duration(h.MaxStreamDuration); d > 0 {
 		maxEnd = h.hub.deadlines.After(d - d/10 + rand.N(d/5+1)) // jitter: streams opened together do not end together
 	}
+	sub.Stream()
 	gone, goneWhy := sw.gone()
 	failing := false
 	for {

@@ -93,8 +93,8 @@ func (e *Engine) Stats() Stats {
 type WatchInfo struct {
 	Key   Key
 	Topic string
-	// Waiters is the number of subscribers.
-	Waiters int
+	// Waiters is the number of subscribers, Streams of them streams.
+	Waiters, Streams int
 	// LastPoll is when the last completed poll ended; zero before the first.
 	LastPoll time.Time
 	// LastResult is what the last completed poll found, if LastPoll is set.
@@ -132,7 +132,7 @@ func (w *watch) info() (WatchInfo, bool) {
 	}
 	st := w.state.Load()
 	info := WatchInfo{
-		Key: w.key, Topic: w.topic, Waiters: w.subs,
+		Key: w.key, Topic: w.topic, Waiters: w.subs, Streams: w.streams,
 		LastPoll: w.lastPoll, LastResult: w.lastResult, LastChange: st.Since,
 		Failures: w.failures, Passthrough: st.Passthrough,
 	}

@@ -12,6 +12,7 @@ type Subscription struct {
 	w      *watch
 	await  chan struct{} // a poll to wait for before an immediate answer
 	closed bool
+	stream bool
 }
 
 // State returns the watch's current state.
@@ -82,11 +83,28 @@ func (s *Subscription) Stale() <-chan struct{} {
 // it, however many triggers come.
 func (s *Subscription) Trigger() { s.w.trigger() }
 
+// Stream marks the subscription as a stream (it stays across changes),
+// for WatchInfo.Streams.
+func (s *Subscription) Stream() {
+	if s.stream || s.closed {
+		return
+	}
+	s.stream = true
+	s.w.mu.Lock()
+	s.w.streams++
+	s.w.mu.Unlock()
+}
+
 // Close leaves the watch. It is idempotent.
 func (s *Subscription) Close() {
 	if s.closed {
 		return
 	}
 	s.closed = true
+	if s.stream {
+		s.w.mu.Lock()
+		s.w.streams--
+		s.w.mu.Unlock()
+	}
 	s.w.unsubscribe()
 }

@@ -38,6 +38,7 @@ type watch struct {
 
 	mu        sync.Mutex
 	subs      int
+	streams   int         // of subs, the streams (Subscription.Stream)
 	idleSince time.Time   // when the last subscriber left
 	idleTimer *time.Timer // forgets the watch idle_ttl after its last subscriber
 	passUntil time.Time   // a pass-through watch is probed again after this
