@@ -62,6 +62,10 @@ const (
 // (5xx, 429, transport error), the watch backs off; a request whose wait ends
 // while the last poll failed is answered `502` with `Retry-After`.
 //
+// With `sse` and `websocket`, the same watches are streams too: a `GET` with
+// `Accept: text/event-stream` gets every version as an event, one with
+// `Upgrade: websocket` every version as a JSON message.
+//
 // Every other request (other methods, no or invalid `Prefer: wait`, `wait=0`)
 // passes to the next handler untouched.
 //
@@ -69,7 +73,7 @@ const (
 //
 // | Placeholder | Description |
 // |---|---|
-// | `{http.longpoll.outcome}` | `immediate`, `changed`, `timeout`, `passthrough`, `rejected`, `error`, `shutdown` or `canceled` |
+// | `{http.longpoll.outcome}` | `immediate`, `changed`, `timeout`, `passthrough`, `rejected`, `error`, `shutdown`, `canceled` or `stream` |
 // | `{http.longpoll.wait}` | the wait applied, in seconds |
 // | `{http.longpoll.held}` | how long the request was held (a duration) |
 //
