@@ -38,6 +38,7 @@ type metricSet struct {
 	byCap        map[string]prometheus.Counter
 	evicted      prometheus.Counter
 	eventsVec    *prometheus.CounterVec
+	events       map[string]prometheus.Counter // by delivery, looked up once
 	endedVec     *prometheus.CounterVec
 	gauges       gaugeCollector
 }
@@ -103,8 +104,9 @@ func newMetricSet() *metricSet {
 				"Streams open now, by delivery: sse, websocket.", []string{"delivery"}, nil),
 		},
 	}
+	m.events = make(map[string]prometheus.Counter, 2)
 	for _, d := range []string{deliverySSE, deliveryWebSocket} {
-		m.eventsVec.WithLabelValues(d)
+		m.events[d] = m.eventsVec.WithLabelValues(d)
 		for _, r := range endReasons {
 			m.endedVec.WithLabelValues(d, r)
 		}
@@ -160,8 +162,8 @@ func (m *metricSet) answered(outcome string, end *holdEnd) {
 
 // sent counts a version sent to a stream of delivery d.
 func (m *metricSet) sent(d string, disabled bool) {
-	if !disabled {
-		m.eventsVec.WithLabelValues(d).Inc()
+	if c, ok := m.events[d]; ok && !disabled {
+		c.Inc()
 	}
 }
 

@@ -47,6 +47,9 @@ var endReasons = []string{endClient, endWrite, endHeartbeat, endDuration, endRel
 // outcomeStream is {http.longpoll.outcome} for a stream.
 const outcomeStream = "stream"
 
+// deadlineGranularity is how early a shared deadline may end.
+const deadlineGranularity = longpoll.DefaultGranularity
+
 // writeTimeout bounds one write to a stream: a client that stops reading
 // is dropped after it, rather than keep its goroutine and memory.
 const writeTimeout = 10 * time.Second
@@ -99,6 +102,11 @@ func (h *Handler) runStream(ctx context.Context, sub *longpoll.Subscription, sw 
 	sub.Stream()
 	gone, goneWhy := sw.gone()
 	failing := false
+	// One heartbeat deadline at a time, moved on only when it comes: not a
+	// new one after every send, which would cost every stream a call on
+	// the shared deadlines at every change.
+	beat := h.hub.deadlines.After(heartbeat)
+	lastSent := time.Now()
 	for {
 		st := sub.State()
 		switch {
@@ -118,6 +126,7 @@ func (h *Handler) runStream(ctx context.Context, sub *longpoll.Subscription, sw 
 			}
 			metrics.sent(delivery, h.DisableMetrics)
 			have = []string{st.Snapshot.ETag}
+			lastSent = time.Now()
 			continue // the state may have moved on meanwhile
 		case longpoll.PassThrough:
 			return endPassthrough
@@ -136,10 +145,16 @@ func (h *Handler) runStream(ctx context.Context, sub *longpoll.Subscription, sw 
 		// Wait, or Fail: the client was told; it waits for the upstream
 		select {
 		case <-st.Changed():
-		case <-h.hub.deadlines.After(heartbeat):
+		case <-beat:
+			if idle := time.Since(lastSent); idle < heartbeat-deadlineGranularity {
+				beat = h.hub.deadlines.After(heartbeat - idle) // something was sent since
+				continue
+			}
 			if sw.heartbeat() != nil {
 				return endWrite
 			}
+			lastSent = time.Now()
+			beat = h.hub.deadlines.After(heartbeat)
 		case <-gone:
 			if why := goneWhy(); why != "" {
 				return why

@@ -57,6 +57,7 @@ type options struct {
 	repeat   int
 	phases   map[string]bool
 	pprof    string
+	streamNs []int
 }
 
 func main() {
@@ -64,13 +65,14 @@ func main() {
 	role := flag.String("role", "", "internal: run as the upstream or the floor server")
 	flag.StringVar(&o.caddy, "caddy", "", "Caddy binary built with the module (default: build ./caddy with build.sh)")
 	ns := flag.String("n", "1000,10000,19000", "held requests per fan-out run, comma-separated (at most about 19,000 under a 20,000 file limit)")
+	sns := flag.String("streams", "1000,10000", "open streams per run of the streams phase, comma-separated")
 	flag.IntVar(&o.body, "body", 1024, "size of the upstream body in bytes")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "time to let the server settle before reading its memory")
 	flag.DurationVar(&o.sustain, "sustain", 60*time.Second, "length of each long-polling run of the upstream phase")
 	flag.DurationVar(&o.shortFor, "shortpoll", 10*time.Second, "length of the short-polling run of the upstream phase")
 	flag.IntVar(&o.repeat, "repeat", 3, "fan-out runs per N and server (the table shows medians)")
 	flag.IntVar(&o.rounds, "rounds", 5, "rounds of 2s per route in the pass-through phase")
-	phases := flag.String("phases", "fanout,upstream,passthrough", "phases to run")
+	phases := flag.String("phases", "fanout,upstream,passthrough,streams", "phases to run")
 	flag.StringVar(&o.pprof, "pprof", "", "folder to save Caddy's heap profile (held) and CPU profile (release) in, per N")
 	flag.Parse()
 
@@ -85,14 +87,7 @@ func main() {
 		for p := range strings.SplitSeq(*phases, ",") {
 			o.phases[strings.TrimSpace(p)] = true
 		}
-		for s := range strings.SplitSeq(*ns, ",") {
-			n, perr := strconv.Atoi(strings.TrimSpace(s))
-			if perr != nil || n < 1 {
-				fmt.Fprintf(os.Stderr, "loadtest: -n: %q is not a count\n", s)
-				os.Exit(2)
-			}
-			o.ns = append(o.ns, n)
-		}
+		o.ns, o.streamNs = counts("-n", *ns), counts("-streams", *sns)
 		err = run(o)
 	default:
 		err = fmt.Errorf("unknown role %q", *role)
@@ -103,8 +98,22 @@ func main() {
 	}
 }
 
+// counts reads a comma-separated list of counts, or exits.
+func counts(flagName, list string) []int {
+	var out []int
+	for s := range strings.SplitSeq(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "loadtest: %s: %q is not a count\n", flagName, s)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
 func run(o options) error {
-	if err := checkFileLimit(o.ns); err != nil {
+	if err := checkFileLimit(append(slices.Clone(o.ns), o.streamNs...)); err != nil {
 		return err
 	}
 	if o.caddy == "" {
@@ -163,6 +172,11 @@ func run(o options) error {
 	if o.phases["passthrough"] {
 		if err := passthroughPhase(o); err != nil {
 			return fmt.Errorf("pass-through phase: %w", err)
+		}
+	}
+	if o.phases["streams"] {
+		if err := streamsPhase(o); err != nil {
+			return fmt.Errorf("streams phase: %w", err)
 		}
 	}
 	return nil

@@ -109,6 +109,10 @@ func runFloor(size int) error {
 	)
 	cur.Store(newState(version))
 	mux := http.NewServeMux()
+	floorStreams(mux, func() ([]byte, <-chan struct{}) {
+		st := cur.Load()
+		return st.body, st.changed
+	})
 	mux.HandleFunc("POST /_change", func(w http.ResponseWriter, _ *http.Request) {
 		mu.Lock()
 		version++
@@ -236,6 +240,10 @@ http://127.0.0.1:%d {
 		interval %s
 		max_wait 5m
 		max_waiters 100000
+		sse
+		websocket
+		max_streams 100000
+		heartbeat 10m
 	}
 	reverse_proxy %s
 }
