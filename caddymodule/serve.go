@@ -51,13 +51,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return next.ServeHTTP(w, r)
 	}
-	if (h.SSE || h.WebSocket) && r.Method == http.MethodGet {
-		switch {
-		case h.SSE && wantsSSE(r):
-			return h.serveSSE(w, r, next)
-		case h.WebSocket && isWebSocket(r):
-			return h.serveWebSocket(w, r, next)
-		}
+	if delivery := h.streamDelivery(r); delivery != "" {
+		return h.serveStream(w, r, next, delivery)
 	}
 	lp, ok := h.parseLongPoll(r)
 	if !ok {
@@ -70,7 +65,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	ticket, sub, err := h.admit(r, next, repl, clientIP)
+	ticket, sub, err := h.admit(r, next, repl, clientIP, false)
 	switch {
 	case errors.Is(err, longpoll.ErrClosed):
 		// the engine closed under an old config's handler: serve directly
@@ -146,14 +141,18 @@ func (h *Handler) fitWait(w http.ResponseWriter, r *http.Request, lp *longPoll) 
 	return lp.wait > 0
 }
 
-// admit checks the request against the caps and subscribes it to the
-// watch of its key. The error is one of the caps' (the request is to be
+// admit checks the request against the caps (max_streams for a stream,
+// max_waiters for a long-poll) and subscribes it to the watch of its key. The error is one of the caps' (the request is to be
 // rejected), or longpoll.ErrClosed if the engine has closed; with an error,
 // nothing is held.
-func (h *Handler) admit(r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, clientIP string) (longpoll.Ticket, *longpoll.Subscription, error) {
+func (h *Handler) admit(r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, clientIP string, stream bool) (longpoll.Ticket, *longpoll.Subscription, error) {
 	key := h.requestKey(r, repl)
+	total := h.MaxWaiters
+	if stream {
+		total = h.MaxStreams
+	}
 	ticket, err := h.hub.limiter.Acquire(clientAddress(clientIP), key, longpoll.Caps{
-		Total: h.MaxWaiters, PerClient: h.MaxWaitersPerClient, WatchesPerClient: h.MaxWatchesPerClient,
+		Total: total, PerClient: h.MaxWaitersPerClient, WatchesPerClient: h.MaxWatchesPerClient, Stream: stream,
 	})
 	if err != nil {
 		return ticket, nil, err

@@ -6,7 +6,6 @@ package caddymodule
 import (
 	"bytes"
 	"context"
-	"errors"
 	"math/rand/v2"
 	"mime"
 	"net/http"
@@ -50,33 +49,26 @@ func wantsSSE(r *http.Request) bool {
 	return false
 }
 
-// serveSSE serves an event stream of the watch of r's key.
-func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+// openSSE opens an event stream, its head to be written by start, or
+// answers the request otherwise (a watch that cannot share, or a client
+// gone) and returns nil.
+func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	ticket longpoll.Ticket, sub *longpoll.Subscription, have []string,
+) (*stream, error) {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	have := h.streamHave(r)
-	ticket, sub, err := h.admitStream(r, next, repl)
-	switch {
-	case errors.Is(err, longpoll.ErrClosed):
-		return next.ServeHTTP(w, r)
-	case err != nil:
-		repl.Set("http.longpoll.outcome", outcomeRejected)
-		h.delivered(outcomeRejected, nil, nil)
-		return h.reject(w, err)
-	}
-	defer ticket.Release()
-	defer sub.Close()
-
 	// The watch's first result says whether there is a stream at all: a
 	// resource that cannot be shared (an upstream that streams events of
 	// its own, say) is passed on as it came, before a byte is written.
 	st, err := sub.Fresh(r.Context())
-	if err != nil {
-		return nil // the client left
-	}
-	if st.Decide(have, r.Header) == longpoll.PassThrough {
+	if err != nil || st.Decide(have, r.Header) == longpoll.PassThrough {
+		sub.Close()
+		ticket.Release()
+		if err != nil {
+			return nil, nil // the client left
+		}
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		h.delivered(outcomePassthrough, nil, nil)
-		return next.ServeHTTP(w, r)
+		return nil, next.ServeHTTP(w, r)
 	}
 
 	hdr := w.Header()
@@ -88,18 +80,13 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, next caddyhtt
 	hdr.Set("X-Accel-Buffering", "no") // nginx and others in front: do not buffer
 	hdr.Del("Content-Length")
 	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
-	_ = sw.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	w.WriteHeader(http.StatusOK)
-	// A reconnect hint with jitter, so that clients cut off together do
-	// not come back together.
-	if sw.write([]byte("retry: "+strconv.Itoa(1000+rand.IntN(4000))+"\n\n")) != nil {
-		return nil
+	// Caddy's write_idle_timeout (on by default) bounds every write and
+	// flush already; without it, each write gets a deadline of its own.
+	if srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv == nil || srv.WriteIdleTimeout <= 0 {
+		sw.deadlines = true
 	}
 	repl.Set("http.longpoll.outcome", outcomeStream)
-	metrics.opened(deliverySSE, h.DisableMetrics, h.hub)
-	reason := h.runStream(r.Context(), sub, sw, have, r.Header, deliverySSE)
-	metrics.closed(deliverySSE, reason, h.DisableMetrics, h.hub)
-	return nil
+	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE), nil
 }
 
 // streamHave returns the version a stream's client has: Last-Event-ID (an
@@ -123,18 +110,30 @@ func (h *Handler) streamHave(r *http.Request) []string {
 
 // sseWriter writes a stream's events.
 type sseWriter struct {
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	ctx context.Context
+	w         http.ResponseWriter
+	rc        *http.ResponseController
+	ctx       context.Context
+	deadlines bool // give each write a deadline of its own
 }
 
 // write writes p and flushes it, within writeTimeout.
 func (s *sseWriter) write(p []byte) error {
-	_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if s.deadlines {
+		_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	}
 	if _, err := s.w.Write(p); err != nil {
 		return err
 	}
 	return s.rc.Flush()
+}
+
+// start writes the stream's head: its status and header, and a reconnect
+// hint with jitter, so that clients cut off together do not come back
+// together.
+func (s *sseWriter) start() error {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	s.w.WriteHeader(http.StatusOK)
+	return s.write([]byte("retry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n"))
 }
 
 func (s *sseWriter) send(snap *longpoll.Snapshot) error { return s.write(sseEvent(snap)) }
@@ -145,6 +144,8 @@ func (s *sseWriter) failing(f *longpoll.Failure) error {
 }
 
 var heartbeatComment = []byte(": heartbeat\n\n")
+
+func (s *sseWriter) finish(string) {} // the handler's return ends the response
 
 func (s *sseWriter) heartbeat() error { return s.write(heartbeatComment) }
 

@@ -5,6 +5,7 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net/http"
 	"time"
@@ -56,114 +57,210 @@ const writeTimeout = 10 * time.Second
 
 // streamWriter is a delivery's side of a stream.
 type streamWriter interface {
+	// start writes what comes before the first version, if anything.
+	start() error
 	// send writes a version.
 	send(s *longpoll.Snapshot) error
 	// failing tells the client the upstream fails, f being the failure.
 	failing(f *longpoll.Failure) error
 	// heartbeat writes a sign of life.
 	heartbeat() error
+	// finish ends the delivery's side of a stream that ended for why.
+	finish(why string)
 	// gone returns a channel closed when the client has left, or a reason
 	// of the delivery's own ends the stream (a WebSocket client that sent
 	// a message, or missed its pings), with that reason.
 	gone() (<-chan struct{}, func() string)
 }
 
-// admitStream checks a stream request against the caps and subscribes it
-// to the watch of its key, as admit does for a long-poll.
-func (h *Handler) admitStream(r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer) (longpoll.Ticket, *longpoll.Subscription, error) {
-	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	key := h.requestKey(r, repl)
-	ticket, err := h.hub.limiter.Acquire(clientAddress(clientIP), key, longpoll.Caps{
-		Total: h.MaxStreams, PerClient: h.MaxWaitersPerClient, WatchesPerClient: h.MaxWatchesPerClient, Stream: true,
-	})
-	if err != nil {
-		return ticket, nil, err
+// streamDelivery returns the delivery r asks for: deliverySSE for a GET
+// that accepts an event stream, deliveryWebSocket for a WebSocket upgrade,
+// each if the handler serves it; "" otherwise.
+func (h *Handler) streamDelivery(r *http.Request) string {
+	switch {
+	case r.Method != http.MethodGet:
+	case h.SSE && wantsSSE(r):
+		return deliverySSE
+	case h.WebSocket && isWebSocket(r):
+		return deliveryWebSocket
 	}
-	h.route.capture(next)
-	sub, err := h.hub.engine.Join(key, h.requestTopic(r, repl), func() longpoll.Fetcher {
-		return newFetcher(r, h.MaxBody)
-	})
-	if err != nil {
-		ticket.Release()
-		return longpoll.Ticket{}, nil, err
-	}
-	return ticket, sub, nil
+	return ""
 }
 
-// runStream delivers the versions of sub's watch to sw until the stream
-// ends, and returns why. have is what the client has (from Last-Event-ID,
-// or the etag of a WebSocket request); header is its request's header.
-func (h *Handler) runStream(ctx context.Context, sub *longpoll.Subscription, sw streamWriter, have []string, header http.Header, delivery string) string {
-	heartbeat := time.Duration(h.Heartbeat)
-	var maxEnd <-chan struct{}
+// serveStream serves a stream of the watch of r's key: admitted as a
+// long-poll is, against max_streams, then opened by its delivery (or
+// answered otherwise, if the watch cannot share), then run until it ends.
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, delivery string) error {
+	have := h.streamHave(r) // first: it takes the module's query parameters out of the key
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	ticket, sub, err := h.admit(r, next, repl, clientIP, true)
+	switch {
+	case errors.Is(err, longpoll.ErrClosed):
+		// the engine closed under an old config's handler: serve directly
+		repl.Set("http.longpoll.outcome", outcomePassthrough)
+		h.delivered(outcomePassthrough, nil, nil)
+		return next.ServeHTTP(w, r)
+	case err != nil:
+		// before any upgrade or byte of the stream
+		repl.Set("http.longpoll.outcome", outcomeRejected)
+		h.delivered(outcomeRejected, nil, nil)
+		return h.reject(w, err)
+	}
+	var s *stream
+	if delivery == deliverySSE {
+		s, err = h.openSSE(w, r, next, ticket, sub, have)
+	} else {
+		s, err = h.openWebSocket(w, r, next, ticket, sub, have)
+	}
+	if s == nil {
+		return err
+	}
+	s.close(s.run())
+	return nil
+}
+
+// stream is an open stream: what its goroutine needs between versions.
+//
+// A stream's goroutine has a 16 KiB stack, where a held request's has
+// 8 KiB (see ServeHTTP): a stream flushes its head from inside the
+// handler, and net/http writes a response's header from a frame of about
+// 2.8 KiB, under Caddy's handler chain of about 5.5 KiB. A held request's
+// header is written after the handler has returned.
+type stream struct {
+	h        *Handler
+	sub      *longpoll.Subscription
+	ticket   longpoll.Ticket
+	w        streamWriter
+	ctx      context.Context
+	header   http.Header
+	have     []string // the version the client has
+	delivery string
+
+	gone         <-chan struct{}
+	goneWhy      func() string
+	beat, maxEnd <-chan struct{}
+	lastSent     time.Time
+	failing      bool
+}
+
+// newStream makes the stream of sub, to deliver to w.
+func (h *Handler) newStream(ctx context.Context, sub *longpoll.Subscription, ticket longpoll.Ticket, w streamWriter,
+	r *http.Request, have []string, delivery string,
+) *stream {
+	s := &stream{h: h, sub: sub, ticket: ticket, w: w, ctx: ctx, header: r.Header, have: have, delivery: delivery}
 	if d := time.Duration(h.MaxStreamDuration); d > 0 {
-		maxEnd = h.hub.deadlines.After(d - d/10 + rand.N(d/5+1)) // jitter: streams opened together do not end together
+		s.maxEnd = h.hub.deadlines.After(d - d/10 + rand.N(d/5+1)) // jitter: streams opened together do not end together
 	}
 	sub.Stream()
-	gone, goneWhy := sw.gone()
-	failing := false
+	s.gone, s.goneWhy = w.gone()
 	// One heartbeat deadline at a time, moved on only when it comes: not a
 	// new one after every send, which would cost every stream a call on
 	// the shared deadlines at every change.
-	beat := h.hub.deadlines.After(heartbeat)
-	lastSent := time.Now()
+	s.beat = h.hub.deadlines.After(time.Duration(h.Heartbeat))
+	s.lastSent = time.Now()
+	metrics.opened(delivery, h.DisableMetrics, h.hub)
+	return s
+}
+
+// close gives the stream's place back and counts why it ended.
+func (s *stream) close(why string) {
+	s.w.finish(why)
+	s.sub.Close()
+	s.ticket.Release()
+	metrics.closed(s.delivery, why, s.h.DisableMetrics, s.h.hub)
+}
+
+// run delivers the versions of the watch until the stream ends, and
+// returns why.
+func (s *stream) run() string {
+	if s.w.start() != nil {
+		return endWrite
+	}
 	for {
-		st := sub.State()
+		changed, why := s.step()
 		switch {
-		case st.Failure != nil && !failing:
-			// once per run of failed polls, whatever version it has
-			failing = true
-			if sw.failing(st.Failure) != nil {
-				return endWrite
-			}
-		case st.Failure == nil:
-			failing = false
+		case why != "":
+			return why
+		case changed == nil:
+			continue // it sent: the state may have moved on meanwhile
 		}
-		switch st.Decide(have, header) {
-		case longpoll.Send:
-			if err := sw.send(st.Snapshot); err != nil {
-				return endWrite
-			}
-			metrics.sent(delivery, h.DisableMetrics)
-			have = []string{st.Snapshot.ETag}
-			lastSent = time.Now()
-			continue // the state may have moved on meanwhile
-		case longpoll.PassThrough:
-			return endPassthrough
-		case longpoll.End:
-			if caddy.Exiting() {
-				return endShutdown
-			}
-			// a reload replaced the engine: end the streams spread out,
-			// so that their clients do not all come back together
-			select {
-			case <-h.hub.deadlines.After(rand.N(replaceSpread)):
-			case <-gone:
-			}
-			return endReload
-		}
-		// Wait, or Fail: the client was told; it waits for the upstream
-		select {
-		case <-st.Changed():
-		case <-beat:
-			if idle := time.Since(lastSent); idle < heartbeat-deadlineGranularity {
-				beat = h.hub.deadlines.After(heartbeat - idle) // something was sent since
-				continue
-			}
-			if sw.heartbeat() != nil {
-				return endWrite
-			}
-			lastSent = time.Now()
-			beat = h.hub.deadlines.After(heartbeat)
-		case <-gone:
-			if why := goneWhy(); why != "" {
-				return why
-			}
-			return endClient
-		case <-ctx.Done():
-			return endClient
-		case <-maxEnd:
-			return endDuration
+		if why := s.wait(changed); why != "" {
+			return why
 		}
 	}
+}
+
+// step does what State.Decide says, and returns the channel to wait on
+// next (nil: step again at once), or why the stream ends.
+func (s *stream) step() (<-chan struct{}, string) {
+	st := s.sub.State()
+	switch {
+	case st.Failure != nil && !s.failing:
+		// once per run of failed polls, whatever version it has
+		s.failing = true
+		if s.w.failing(st.Failure) != nil {
+			return nil, endWrite
+		}
+	case st.Failure == nil:
+		s.failing = false
+	}
+	switch st.Decide(s.have, s.header) {
+	case longpoll.Send:
+		if s.w.send(st.Snapshot) != nil {
+			return nil, endWrite
+		}
+		metrics.sent(s.delivery, s.h.DisableMetrics)
+		s.have = []string{st.Snapshot.ETag}
+		s.lastSent = time.Now()
+		return nil, ""
+	case longpoll.PassThrough:
+		return nil, endPassthrough
+	case longpoll.End:
+		return nil, s.ending()
+	}
+	// Wait, or Fail: the client was told; it waits for the upstream
+	return st.Changed(), ""
+}
+
+// ending is why a stream whose engine closed ends: a reload that replaced
+// the engine ends its streams spread out, so that their clients do not all
+// come back together; an exit ends them at once.
+func (s *stream) ending() string {
+	if caddy.Exiting() {
+		return endShutdown
+	}
+	select {
+	case <-s.h.hub.deadlines.After(rand.N(replaceSpread)):
+	case <-s.gone:
+	}
+	return endReload
+}
+
+// wait waits for a new state, a heartbeat, the client, or the stream's end.
+func (s *stream) wait(changed <-chan struct{}) string {
+	select {
+	case <-changed:
+	case <-s.beat:
+		heartbeat := time.Duration(s.h.Heartbeat)
+		if idle := time.Since(s.lastSent); idle < heartbeat-deadlineGranularity {
+			s.beat = s.h.hub.deadlines.After(heartbeat - idle) // something was sent since
+			return ""
+		}
+		if s.w.heartbeat() != nil {
+			return endWrite
+		}
+		s.lastSent = time.Now()
+		s.beat = s.h.hub.deadlines.After(heartbeat)
+	case <-s.gone:
+		if why := s.goneWhy(); why != "" {
+			return why
+		}
+		return endClient
+	case <-s.ctx.Done():
+		return endClient
+	case <-s.maxEnd:
+		return endDuration
+	}
+	return ""
 }

@@ -74,32 +74,23 @@ func (h *Handler) refuseWebSocketOverH2(w http.ResponseWriter, r *http.Request, 
 		errors.New("longpoll: WebSocket over HTTP/2 or HTTP/3 is not served: connect over HTTP/1.1"))
 }
 
-// serveWebSocket upgrades r and streams the watch of its key.
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+// openWebSocket upgrades the connection of an admitted WebSocket stream,
+// or answers the request otherwise and returns nil.
+func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	ticket longpoll.Ticket, sub *longpoll.Subscription, have []string,
+) (*stream, error) {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	have := h.streamHave(r)
-	ticket, sub, err := h.admitStream(r, next, repl)
-	switch {
-	case errors.Is(err, longpoll.ErrClosed):
-		return next.ServeHTTP(w, r)
-	case err != nil:
-		// over a cap: refused before the upgrade, with Retry-After
-		repl.Set("http.longpoll.outcome", outcomeRejected)
-		h.delivered(outcomeRejected, nil, nil)
-		return h.reject(w, err)
-	}
-	defer ticket.Release()
-	defer sub.Close()
-
 	st, err := sub.Fresh(r.Context())
-	if err != nil {
-		return nil // the client left
-	}
-	if st.Decide(have, r.Header) == longpoll.PassThrough {
+	if err != nil || st.Decide(have, r.Header) == longpoll.PassThrough {
+		sub.Close()
+		ticket.Release()
+		if err != nil {
+			return nil, nil // the client left
+		}
 		// an upstream that cannot be shared, its own WebSocket say
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		h.delivered(outcomePassthrough, nil, nil)
-		return next.ServeHTTP(w, r)
+		return nil, next.ServeHTTP(w, r)
 	}
 
 	// The connection is the module's from the upgrade on: the server's
@@ -113,26 +104,23 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next ca
 		CompressionMode: websocket.CompressionDisabled, // with context takeover, ~1.2 MiB a connection
 	})
 	if err != nil {
-		return nil // Accept answered the client (403 for another origin)
+		sub.Close()
+		ticket.Release()
+		return nil, nil // Accept answered the client (403 for another origin)
 	}
 	conn.SetReadLimit(wsReadLimit)
 	repl.Set("http.longpoll.outcome", outcomeStream)
-
 	ctx, cancel := context.WithCancel(context.Background()) // not the request's: Accept has taken the connection
-	defer cancel()
-	ws := &wsWriter{conn: conn, ctx: ctx, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
+	ws := &wsWriter{conn: conn, ctx: ctx, cancel: cancel, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
 	go ws.read()
-	metrics.opened(deliveryWebSocket, h.DisableMetrics, h.hub)
-	reason := h.runStream(ctx, sub, ws, have, r.Header, deliveryWebSocket)
-	ws.close(reason)
-	metrics.closed(deliveryWebSocket, reason, h.DisableMetrics, h.hub)
-	return nil
+	return h.newStream(ctx, sub, ticket, ws, r, have, deliveryWebSocket), nil
 }
 
 // wsWriter writes a stream's messages to a WebSocket.
 type wsWriter struct {
 	conn     *websocket.Conn
 	ctx      context.Context
+	cancel   context.CancelFunc
 	interval time.Duration // the heartbeat: a ping's time to be answered
 
 	pinging atomic.Bool
@@ -173,6 +161,8 @@ func (ws *wsWriter) write(p []byte) error {
 	return ws.conn.Write(ctx, websocket.MessageText, p)
 }
 
+func (ws *wsWriter) start() error { return nil } // the upgrade was the head
+
 func (ws *wsWriter) send(s *longpoll.Snapshot) error { return ws.write(wsMessage(s)) }
 
 func (ws *wsWriter) failing(f *longpoll.Failure) error {
@@ -207,8 +197,9 @@ func (ws *wsWriter) gone() (<-chan struct{}, func() string) {
 	}
 }
 
-// close ends the connection with the close code for why.
-func (ws *wsWriter) close(why string) {
+// finish closes the connection with the close code for why.
+func (ws *wsWriter) finish(why string) {
+	defer ws.cancel()
 	switch why {
 	case endShutdown:
 		_ = ws.conn.Close(websocket.StatusGoingAway, "server shutting down")
