@@ -80,11 +80,6 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 	hdr.Set("X-Accel-Buffering", "no") // nginx and others in front: do not buffer
 	hdr.Del("Content-Length")
 	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
-	// Caddy's write_idle_timeout (on by default) bounds every write and
-	// flush already; without it, each write gets a deadline of its own.
-	if srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv == nil || srv.WriteIdleTimeout <= 0 {
-		sw.deadlines = true
-	}
 	repl.Set("http.longpoll.outcome", outcomeStream)
 	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE), nil
 }
@@ -110,16 +105,18 @@ func (h *Handler) streamHave(r *http.Request) []string {
 
 // sseWriter writes a stream's events.
 type sseWriter struct {
-	w         http.ResponseWriter
-	rc        *http.ResponseController
-	ctx       context.Context
-	deadlines bool // give each write a deadline of its own
+	w        http.ResponseWriter
+	rc       *http.ResponseController
+	ctx      context.Context
+	deadline writeDeadline
 }
 
-// write writes p and flushes it, within writeTimeout.
+// write writes p and flushes it, within the write deadline. The deadline
+// is the connection's: Caddy's write_idle_timeout, when on, keeps it as
+// the ceiling of its own.
 func (s *sseWriter) write(p []byte) error {
-	if s.deadlines {
-		_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if d, moved := s.deadline.next(time.Now()); moved {
+		_ = s.rc.SetWriteDeadline(d)
 	}
 	if _, err := s.w.Write(p); err != nil {
 		return err
@@ -131,7 +128,6 @@ func (s *sseWriter) write(p []byte) error {
 // hint with jitter, so that clients cut off together do not come back
 // together.
 func (s *sseWriter) start() error {
-	_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	s.w.WriteHeader(http.StatusOK)
 	return s.write([]byte("retry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n"))
 }
@@ -145,7 +141,9 @@ func (s *sseWriter) failing(f *longpoll.Failure) error {
 
 var heartbeatComment = []byte(": heartbeat\n\n")
 
-func (s *sseWriter) finish(string) {} // the handler's return ends the response
+// finish gives what net/http writes once the handler has returned (the
+// end of the chunked response) a deadline of its own.
+func (s *sseWriter) finish(string) { _ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout)) }
 
 func (s *sseWriter) heartbeat() error { return s.write(heartbeatComment) }
 

@@ -55,6 +55,22 @@ const deadlineGranularity = longpoll.DefaultGranularity
 // is dropped after it, rather than keep its goroutine and memory.
 const writeTimeout = 10 * time.Second
 
+// writeDeadline is the deadline of a stream's writes: each write ends
+// within writeTimeout of its start, and has at least half of it. It moves
+// on only when half of it has passed, not at every write, which would cost
+// every stream a timer update at every change.
+type writeDeadline struct{ at time.Time }
+
+// next returns the deadline of a write starting at now, and whether it
+// has moved since the last write.
+func (d *writeDeadline) next(now time.Time) (time.Time, bool) {
+	if d.at.Sub(now) >= writeTimeout/2 {
+		return d.at, false
+	}
+	d.at = now.Add(writeTimeout)
+	return d.at, true
+}
+
 // streamWriter is a delivery's side of a stream.
 type streamWriter interface {
 	// start writes what comes before the first version, if anything.

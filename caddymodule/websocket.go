@@ -123,6 +123,10 @@ type wsWriter struct {
 	cancel   context.CancelFunc
 	interval time.Duration // the heartbeat: a ping's time to be answered
 
+	deadline    writeDeadline
+	writeCtx    context.Context // ends at the write deadline; the stream's goroutine's
+	writeCancel context.CancelFunc
+
 	pinging atomic.Bool
 	mu      sync.Mutex // guards why
 	why     string     // the delivery's own reason to end, if any
@@ -155,10 +159,15 @@ func (ws *wsWriter) read() {
 	}
 }
 
+// write writes p as a text message, within the write deadline.
 func (ws *wsWriter) write(p []byte) error {
-	ctx, cancel := context.WithTimeout(ws.ctx, writeTimeout)
-	defer cancel()
-	return ws.conn.Write(ctx, websocket.MessageText, p)
+	if d, moved := ws.deadline.next(time.Now()); moved {
+		if ws.writeCancel != nil {
+			ws.writeCancel()
+		}
+		ws.writeCtx, ws.writeCancel = context.WithDeadline(ws.ctx, d)
+	}
+	return ws.conn.Write(ws.writeCtx, websocket.MessageText, p)
 }
 
 func (ws *wsWriter) start() error { return nil } // the upgrade was the head
