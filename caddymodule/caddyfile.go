@@ -54,6 +54,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_streams   <n>
 //		max_stream_duration <duration>
 //		origins       <origin...>
+//		compress_streams
 //	}
 //
 // Every subdirective is optional and may appear once.
@@ -106,6 +107,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return true, d.ArgErr()
 			}
 			return true, nil
+		case "compress_streams":
+			return true, flag(d, &h.CompressStreams)
 		case "query_params":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

@@ -5,9 +5,11 @@ package caddymodule
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -37,6 +39,13 @@ type sseClient struct {
 // value pairs. The stream is closed when the test ends.
 func openSSE(t *testing.T, path string, hdr ...string) *sseClient {
 	t.Helper()
+	return openSSEVia(t, &http.Client{Transport: &http.Transport{DisableCompression: true}}, path, hdr...)
+}
+
+// openSSEVia opens an event stream with client, reading it through gzip
+// when the server compressed it.
+func openSSEVia(t *testing.T, client *http.Client, path string, hdr ...string) *sseClient {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://127.0.0.1:%d%s", itPort(), path), nil)
 	req.Host = fmt.Sprintf("localhost:%d", itPort()) // as the other clients: one watch
@@ -44,7 +53,7 @@ func openSSE(t *testing.T, path string, hdr ...string) *sseClient {
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -57,7 +66,15 @@ func openSSE(t *testing.T, path string, hdr ...string) *sseClient {
 
 func (c *sseClient) read() {
 	defer close(c.events)
-	sc := bufio.NewScanner(c.resp.Body)
+	var body io.Reader = c.resp.Body
+	if c.resp.Header.Get("Content-Encoding") == "gzip" {
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			return
+		}
+		body = zr
+	}
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	var ev sseEventRead
 	var data []string

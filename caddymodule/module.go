@@ -209,6 +209,16 @@ type Handler struct {
 	// answered `403 Forbidden`. Default: the same origin only.
 	Origins []string `json:"origins,omitempty"`
 
+	// Lets streams be compressed. SSE streams then leave out
+	// `Cache-Control: no-transform`, so that an `encode` in front
+	// compresses them (each event flushed through the compressor), and
+	// WebSocket streams offer permessage-deflate without context
+	// takeover (each message compressed on its own, with a pooled
+	// compressor). Off by default: an SSE stream through `encode`'s gzip
+	// at its default level holds about 1 MiB of compressor per stream,
+	// some forty times the stream itself.
+	CompressStreams bool `json:"compress_streams,omitempty"`
+
 	// Leaves this handler out of the `caddy_longpoll_*` metrics: its
 	// requests and polls are not counted, and its held requests and watches
 	// not reported. Default: false (metrics on).

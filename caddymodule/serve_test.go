@@ -4,6 +4,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -492,5 +493,49 @@ func TestClientAddress(t *testing.T) {
 		if got := clientAddress(in); got != want {
 			t.Errorf("clientAddress(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestServeHTTPWebSocketOverHTTP2 checks that a WebSocket over HTTP/2 (an
+// extended CONNECT, :protocol websocket) or HTTP/3 (quic-go puts the
+// protocol in Proto) is refused with 501 and a message that says what to
+// do, while another CONNECT, or any CONNECT with websocket off, goes on.
+func TestServeHTTPWebSocketOverHTTP2(t *testing.T) {
+	on := &Handler{Key: "test:" + t.Name() + ":{http.request.uri}", WebSocket: true}
+	provision(t, newTestContext(t), on)
+	off := &Handler{Key: "test:" + t.Name() + ":off:{http.request.uri}"}
+	provision(t, newTestContext(t), off)
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusTeapot)
+		return nil
+	})
+	tests := []struct {
+		name       string
+		h          *Handler
+		proto      string
+		header     http.Header
+		wantStatus int // of the handler error; 0: next answered
+	}{
+		{name: "HTTP/2 extended CONNECT", h: on, proto: "HTTP/2.0", header: http.Header{":protocol": {"websocket"}}, wantStatus: http.StatusNotImplemented},
+		{name: "HTTP/3 extended CONNECT", h: on, proto: "websocket", wantStatus: http.StatusNotImplemented},
+		{name: "a CONNECT tunnel", h: on, proto: "HTTP/2.0"},
+		{name: "another protocol", h: on, proto: "HTTP/2.0", header: http.Header{":protocol": {"webtransport"}}},
+		{name: "websocket off", h: off, proto: "HTTP/2.0", header: http.Header{":protocol": {"websocket"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, w, _ := prepare(t, http.MethodConnect, "/res", tt.header)
+			req.Proto = tt.proto
+			err := tt.h.ServeHTTP(w, req, next)
+			var he caddyhttp.HandlerError
+			switch {
+			case tt.wantStatus == 0 && (err != nil || w.Code != http.StatusTeapot):
+				t.Errorf("got error %v, status %d; want next's 418", err, w.Code)
+			case tt.wantStatus != 0 && (!errors.As(err, &he) || he.StatusCode != tt.wantStatus):
+				t.Errorf("got error %v, want a handler error %d", err, tt.wantStatus)
+			case tt.wantStatus != 0 && !strings.Contains(err.Error(), "connect over HTTP/1.1"):
+				t.Errorf("got error %q, want it to say to connect over HTTP/1.1", err)
+			}
+		})
 	}
 }

@@ -73,9 +73,14 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
-	// no-transform: encode leaves the stream alone, and no compression
-	// buffer holds an event back
-	hdr.Set("Cache-Control", "no-cache, no-transform")
+	// no-transform: encode leaves the stream alone (a compressor costs
+	// about 1 MiB a stream), unless the operator asked for compression;
+	// encode then flushes its compressor with each event
+	if h.CompressStreams {
+		hdr.Set("Cache-Control", "no-cache")
+	} else {
+		hdr.Set("Cache-Control", "no-cache, no-transform")
+	}
 	hdr.Add("Vary", "Accept")
 	hdr.Set("X-Accel-Buffering", "no") // nginx and others in front: do not buffer
 	hdr.Del("Content-Length")

@@ -99,9 +99,15 @@ func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next cad
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
+	// Compression with context takeover would keep ~1.2 MiB a connection;
+	// without, a compressor is taken from a pool for each message.
+	mode := websocket.CompressionDisabled
+	if h.CompressStreams {
+		mode = websocket.CompressionNoContextTakeover
+	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		OriginPatterns:  h.Origins,
-		CompressionMode: websocket.CompressionDisabled, // with context takeover, ~1.2 MiB a connection
+		CompressionMode: mode,
 	})
 	if err != nil {
 		sub.Close()

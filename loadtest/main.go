@@ -58,6 +58,8 @@ type options struct {
 	phases   map[string]bool
 	pprof    string
 	streamNs []int
+	// changes per streams run; the delivery figures are per change
+	streamChanges int
 }
 
 func main() {
@@ -66,6 +68,7 @@ func main() {
 	flag.StringVar(&o.caddy, "caddy", "", "Caddy binary built with the module (default: build ./caddy with build.sh)")
 	ns := flag.String("n", "1000,10000,19000", "held requests per fan-out run, comma-separated (at most about 19,000 under a 20,000 file limit)")
 	sns := flag.String("streams", "1000,10000", "open streams per run of the streams phase, comma-separated")
+	flag.IntVar(&o.streamChanges, "stream-changes", 5, "changes delivered per run of the streams phase (latencies pooled, CPU per change)")
 	flag.IntVar(&o.body, "body", 1024, "size of the upstream body in bytes")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "time to let the server settle before reading its memory")
 	flag.DurationVar(&o.sustain, "sustain", 60*time.Second, "length of each long-polling run of the upstream phase")

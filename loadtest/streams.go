@@ -83,11 +83,17 @@ func writeEvent(w http.ResponseWriter, rc *http.ResponseController, body []byte)
 // look for a marker (the new version) in what they read, with as little
 // work as the client can do.
 type streamClients struct {
-	conns  []net.Conn
-	got    []time.Time // when the marker arrived
-	marker atomic.Pointer[[]byte]
-	open   sync.WaitGroup // every stream has its first version
-	all    sync.WaitGroup
+	conns []net.Conn
+	open  sync.WaitGroup // every stream has its first version
+	round atomic.Pointer[round]
+}
+
+// round is one change: the marker of its version, and when each stream
+// got it (Unix nanoseconds; zero until then).
+type round struct {
+	marker []byte
+	got    []atomic.Int64
+	left   sync.WaitGroup
 	seen   atomic.Int64
 }
 
@@ -100,7 +106,7 @@ const wsHandshake = "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnec
 // of addr, paced in batches, and waits for each to get its first version
 // (first, a marker of it).
 func openStreams(addr, path, delivery string, n int, first []byte) (*streamClients, error) {
-	c := &streamClients{conns: make([]net.Conn, n), got: make([]time.Time, n)}
+	c := &streamClients{conns: make([]net.Conn, n)}
 	var req []byte
 	if delivery == "sse" {
 		req = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", path, addr)
@@ -114,7 +120,6 @@ func openStreams(addr, path, delivery string, n int, first []byte) (*streamClien
 		for i := start; i < min(start+batch, n); i++ {
 			dialed.Add(1)
 			c.open.Add(1)
-			c.all.Add(1)
 			go func() {
 				conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 				if err == nil {
@@ -125,7 +130,6 @@ func openStreams(addr, path, delivery string, n int, first []byte) (*streamClien
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					c.open.Done()
-					c.all.Done()
 					return
 				}
 				c.read(conn, i, first)
@@ -148,13 +152,13 @@ func openStreams(addr, path, delivery string, n int, first []byte) (*streamClien
 	}
 }
 
-// read reads a stream: first until the first version's marker, then until
-// the marker the harness sets at the change.
+// read reads a stream: first until the first version's marker, then, for
+// each round the harness starts, until that round's marker.
 func (c *streamClients) read(conn net.Conn, i int, first []byte) {
-	defer c.all.Done()
 	buf := make([]byte, 0, 8192)
 	tmp := make([]byte, 4096)
 	opened := false
+	var last *round
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Minute))
 	for {
 		n, err := conn.Read(tmp)
@@ -164,10 +168,12 @@ func (c *streamClients) read(conn net.Conn, i int, first []byte) {
 			buf = buf[:0]
 			c.open.Done()
 		}
-		if m := c.marker.Load(); opened && m != nil && bytes.Contains(buf, *m) {
-			c.got[i] = time.Now()
-			c.seen.Add(1)
-			return
+		if r := c.round.Load(); opened && r != nil && r != last && bytes.Contains(buf, r.marker) {
+			r.got[i].Store(time.Now().UnixNano())
+			r.seen.Add(1)
+			r.left.Done()
+			last = r
+			buf = buf[:0]
 		}
 		if err != nil {
 			if !opened {
@@ -181,9 +187,18 @@ func (c *streamClients) read(conn net.Conn, i int, first []byte) {
 	}
 }
 
-func (c *streamClients) wait(d time.Duration) bool {
+// start begins a round: the streams now look for marker.
+func (c *streamClients) start(marker []byte) *round {
+	r := &round{marker: marker, got: make([]atomic.Int64, len(c.conns))}
+	r.left.Add(len(c.conns))
+	c.round.Store(r)
+	return r
+}
+
+// wait waits up to d for every stream to get the round's version.
+func (r *round) wait(d time.Duration) bool {
 	done := make(chan struct{})
-	go func() { c.all.Wait(); close(done) }()
+	go func() { r.left.Wait(); close(done) }()
 	select {
 	case <-done:
 		return true
@@ -200,17 +215,18 @@ func (c *streamClients) close() {
 	}
 }
 
-// latencies returns, sorted, the times from t0 to each stream's new
-// version, and how many streams did not get it.
-func (c *streamClients) latencies(t0 time.Time) (lat []time.Duration, lost int) {
-	for _, t := range c.got {
-		if t.IsZero() || t.Before(t0) {
+// latencies appends the times from t0 to each stream's new version, and
+// returns how many streams did not get it.
+func (r *round) latencies(t0 time.Time, lat []time.Duration) ([]time.Duration, int) {
+	lost := 0
+	for i := range r.got {
+		t := r.got[i].Load()
+		if t == 0 || t < t0.UnixNano() {
 			lost++
 			continue
 		}
-		lat = append(lat, t.Sub(t0))
+		lat = append(lat, time.Duration(t-t0.UnixNano()))
 	}
-	slices.Sort(lat)
 	return lat, lost
 }
 
@@ -253,29 +269,33 @@ func streamRun(o options, p *proc, path, delivery string, n int, change, t trigg
 		prof.heap()
 		prof.startCPU()
 	}
-	m := versionMarker(2)
-	clients.marker.Store(&m)
-	if change != nil {
-		if err := change(); err != nil {
+	cc1 := clientCPU()
+	for k := range o.streamChanges {
+		r := clients.start(versionMarker(k + 2))
+		if change != nil {
+			if err := change(); err != nil {
+				return f, err
+			}
+		}
+		t0 := time.Now()
+		if err := t(); err != nil {
 			return f, err
 		}
+		if !r.wait(60 * time.Second) {
+			fmt.Fprintf(os.Stderr, "%s: %d of %d streams got change %d within 60s\n", delivery, r.seen.Load(), n, k+1)
+		}
+		var lost int
+		f.lat, lost = r.latencies(t0, f.lat)
+		f.lost += lost
+		time.Sleep(200 * time.Millisecond)
 	}
-	cc1 := clientCPU()
-	t0 := time.Now()
-	if err := t(); err != nil {
-		return f, err
-	}
-	if !clients.wait(60 * time.Second) {
-		fmt.Fprintf(os.Stderr, "%s: %d of %d streams got the change within 60s\n", delivery, clients.seen.Load(), n)
-	}
-	f.clientRel = clientCPU() - cc1
-	f.lat, f.lost = clients.latencies(t0)
-	time.Sleep(200 * time.Millisecond)
+	f.clientRel = (clientCPU() - cc1) / time.Duration(o.streamChanges)
+	slices.Sort(f.lat)
 	cpu2, err := cpuTime(p.pid())
 	if err != nil {
 		return f, err
 	}
-	f.cpuRel = cpu2 - cpu1
+	f.cpuRel = (cpu2 - cpu1) / time.Duration(o.streamChanges)
 	if prof != nil {
 		prof.wait()
 	}
