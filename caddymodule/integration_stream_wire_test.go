@@ -88,6 +88,22 @@ func TestIntegrationStreamsEncodeAndHTTP2(t *testing.T) {
 		}
 	})
 
+	// On HTTP/2 a write deadline left armed between writes is a timer
+	// that resets the stream when it fires: a stream quiet for longer
+	// than a write may take (10s) must still be open.
+	t.Run("SSE quiet over HTTP/2", func(t *testing.T) {
+		up.set("/p/quiet", http.StatusOK, body(0), "Content-Type", "text/plain")
+		sse := openSSEVia(t, h2cClient(), "/p/quiet")
+		if ev := sse.next(t, 5*time.Second); ev.Data != body(0) {
+			t.Fatalf("first event: got %.40q..., want %.40q...", ev.Data, body(0))
+		}
+		time.Sleep(writeTimeout + 2*time.Second)
+		up.set("/p/quiet", http.StatusOK, body(1), "Content-Type", "text/plain")
+		if ev := sse.next(t, 5*time.Second); ev.Data != body(1) {
+			t.Fatalf("after %v quiet: got %.40q..., want %.40q...", writeTimeout+2*time.Second, ev.Data, body(1))
+		}
+	})
+
 	t.Run("WebSocket", func(t *testing.T) {
 		for _, tt := range []struct {
 			path      string

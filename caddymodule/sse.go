@@ -84,7 +84,7 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 	hdr.Add("Vary", "Accept")
 	hdr.Set("X-Accel-Buffering", "no") // nginx and others in front: do not buffer
 	hdr.Del("Content-Length")
-	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), h2: r.ProtoMajor == 2}
 	repl.Set("http.longpoll.outcome", outcomeStream)
 	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE), nil
 }
@@ -114,13 +114,22 @@ type sseWriter struct {
 	rc       *http.ResponseController
 	ctx      context.Context
 	deadline writeDeadline
+	h2       bool // HTTP/2: no deadline stays between writes
 }
 
 // write writes p and flushes it, within the write deadline. The deadline
 // is the connection's: Caddy's write_idle_timeout, when on, keeps it as
 // the ceiling of its own.
+//
+// Over HTTP/1 and HTTP/3 a deadline left between writes is checked only
+// by the next write, so it stays, moved only when half of it has passed.
+// Over HTTP/2 it is a timer that resets the stream when it fires, write
+// or not: each write sets its own and clears it after.
 func (s *sseWriter) write(p []byte) error {
-	if d, moved := s.deadline.next(time.Now()); moved {
+	if s.h2 {
+		_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		defer func() { _ = s.rc.SetWriteDeadline(time.Time{}) }()
+	} else if d, moved := s.deadline.next(time.Now()); moved {
 		_ = s.rc.SetWriteDeadline(d)
 	}
 	if _, err := s.w.Write(p); err != nil {

@@ -67,3 +67,34 @@ func TestSSEWriteDeadlines(t *testing.T) {
 		}
 	})
 }
+
+// TestSSEWriteDeadlinesHTTP2 checks that over HTTP/2, where a write
+// deadline is a timer that resets the stream when it fires, every write of
+// an event stream has a deadline writeTimeout away and none is left
+// between writes.
+func TestSSEWriteDeadlinesHTTP2(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+		sw := &sseWriter{w: rec, rc: http.NewResponseController(rec), h2: true}
+		if err := sw.start(); err != nil {
+			t.Fatal(err)
+		}
+		for _, gap := range []time.Duration{time.Second, 25 * time.Second} {
+			time.Sleep(gap)
+			if err := sw.heartbeat(); err != nil {
+				t.Fatal(err)
+			}
+			if !rec.deadline.IsZero() {
+				t.Errorf("after a write: deadline %v left, want none", rec.deadline)
+			}
+		}
+		for i, w := range rec.writes {
+			if left := w.deadline.Sub(w.at); left != writeTimeout {
+				t.Errorf("write %d: deadline %v away, want %v", i, left, writeTimeout)
+			}
+		}
+		if len(rec.writes) != 3 {
+			t.Errorf("got %d writes, want 3", len(rec.writes))
+		}
+	})
+}

@@ -60,6 +60,7 @@ type options struct {
 	streamNs []int
 	// changes per streams run; the delivery figures are per change
 	streamChanges int
+	deliveries    []string
 }
 
 func main() {
@@ -69,6 +70,8 @@ func main() {
 	ns := flag.String("n", "1000,10000,19000", "held requests per fan-out run, comma-separated (at most about 19,000 under a 20,000 file limit)")
 	sns := flag.String("streams", "1000,10000", "open streams per run of the streams phase, comma-separated")
 	flag.IntVar(&o.streamChanges, "stream-changes", 5, "changes delivered per run of the streams phase (latencies pooled, CPU per change)")
+	flag.StringVar(&writeIdle, "write-idle", "", "Caddy's write_idle timeout (a duration; -1s: off); default: Caddy's own, 1m")
+	dl := flag.String("deliveries", "sse,websocket", "deliveries of the streams phase, comma-separated")
 	flag.IntVar(&o.body, "body", 1024, "size of the upstream body in bytes")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "time to let the server settle before reading its memory")
 	flag.DurationVar(&o.sustain, "sustain", 60*time.Second, "length of each long-polling run of the upstream phase")
@@ -91,6 +94,7 @@ func main() {
 			o.phases[strings.TrimSpace(p)] = true
 		}
 		o.ns, o.streamNs = counts("-n", *ns), counts("-streams", *sns)
+		o.deliveries = strings.Split(*dl, ",")
 		err = run(o)
 	default:
 		err = fmt.Errorf("unknown role %q", *role)

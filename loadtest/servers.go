@@ -216,6 +216,10 @@ type caddyPorts struct {
 
 const notifySecret = "loadtest-secret"
 
+// writeIdle is Caddy's write_idle timeout for the Caddy under test, as
+// -write-idle gives it; "" leaves Caddy's default.
+var writeIdle string
+
 // caddyConfig is the Caddyfile of the Caddy under test. The plain server
 // is the longpoll server without the longpoll directive, for the
 // pass-through and short-polling comparisons; the notify endpoint has a
@@ -224,6 +228,9 @@ func caddyConfig(p caddyPorts, upstream string, interval time.Duration) string {
 	admin := "admin off"
 	if p.admin != 0 {
 		admin = fmt.Sprintf("admin 127.0.0.1:%d", p.admin)
+	}
+	if writeIdle != "" {
+		admin += "\n\tservers {\n\t\ttimeouts {\n\t\t\twrite_idle " + writeIdle + "\n\t\t}\n\t}"
 	}
 	return fmt.Sprintf(`{
 	%s

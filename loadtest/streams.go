@@ -305,7 +305,10 @@ func streamRun(o options, p *proc, path, delivery string, n int, change, t trigg
 // streamsPhase runs, for each delivery and N, the floor and Caddy, o.repeat
 // times each, alternating, and prints the medians.
 func streamsPhase(o options) error {
-	for _, delivery := range []string{"sse", "websocket"} {
+	for _, delivery := range o.deliveries {
+		if delivery != "sse" && delivery != "websocket" {
+			return fmt.Errorf("-deliveries: %q is neither sse nor websocket", delivery)
+		}
 		var all []fanoutRuns
 		for _, n := range o.streamNs {
 			runs := fanoutRuns{n: n}
