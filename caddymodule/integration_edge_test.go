@@ -425,4 +425,42 @@ func TestIntegrationWriteTimeout(t *testing.T) {
 			t.Errorf("Preference-Applied: got %q, want %q (the wait applied, in whole seconds)", got, "wait=0")
 		}
 	})
+
+	// An event stream under that hard limit ends cleanly before it (its
+	// last chunk written, the client free to reconnect and resume), rather
+	// than stay open until a write fails; with write_idle off, the
+	// stream's own write deadlines replace write_timeout and it stays.
+	streamFor := func(t *testing.T, path string, within time.Duration) (ended bool, after time.Duration, err error) {
+		t.Helper()
+		sse := openSSE(t, path)
+		start := time.Now()
+		if ev := sse.next(t, 5*time.Second); ev.ID == "" {
+			t.Fatalf("first event without an id: %+v", ev)
+		}
+		timer := time.NewTimer(within)
+		defer timer.Stop()
+		for {
+			select {
+			case _, ok := <-sse.events:
+				if !ok {
+					return true, time.Since(start), sse.err
+				}
+			case <-timer.C:
+				return false, time.Since(start), nil
+			}
+		}
+	}
+	t.Run("write 3s, default write_idle: a stream ends cleanly inside it", func(t *testing.T) {
+		itLoad(t, tc, itConfig(timeouts("\t\t\twrite 3s\n"), streamSite(up, "")))
+		ended, after, err := streamFor(t, "/stream3", 8*time.Second)
+		if !ended || err != nil || after < 1500*time.Millisecond || after >= 3*time.Second {
+			t.Errorf("stream ended: %v (read error %v) after %v; want a clean end after most of, and within, the 3s write timeout", ended, err, after)
+		}
+	})
+	t.Run("write 1s, write_idle off: a stream stays", func(t *testing.T) {
+		itLoad(t, tc, itConfig(timeouts("\t\t\twrite 1s\n\t\t\twrite_idle -1s\n"), streamSite(up, "")))
+		if ended, after, err := streamFor(t, "/stream1", 3*time.Second); ended {
+			t.Errorf("stream ended after %v (read error %v), want it open (write_idle off)", after, err)
+		}
+	})
 }

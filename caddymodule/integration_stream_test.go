@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // sseEvent is one event of an event stream, as a client reads it.
@@ -33,6 +34,7 @@ type sseClient struct {
 	resp   *http.Response
 	events chan sseEventRead
 	cancel context.CancelFunc
+	err    error // why reading ended, once events is closed: nil at a clean end
 }
 
 // openSSE opens an event stream on path of the test Caddy; hdr holds name,
@@ -76,6 +78,7 @@ func (c *sseClient) read() {
 	}
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	defer func() { c.err = sc.Err() }()
 	var ev sseEventRead
 	var data []string
 	started := false
@@ -358,6 +361,7 @@ func TestIntegrationStreamsCapsAndPolicy(t *testing.T) {
 	a.next(t, 5*time.Second)
 	b := openWS(t, "/cap")
 	readWS(t, b, 5*time.Second)
+	rejected := testutil.ToFloat64(metrics.byCap["max_streams"])
 	r := itMustSend(t, c, "GET", "/cap", "Accept", "text/event-stream")
 	if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
 		t.Errorf("a third stream over max_streams 2: got %d, want 503 with Retry-After", r.Status)
@@ -365,6 +369,9 @@ func TestIntegrationStreamsCapsAndPolicy(t *testing.T) {
 	_, resp, err := websocket.Dial(context.Background(), fmt.Sprintf("ws://localhost:%d/cap", itPort()), nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("a third stream (WebSocket): got %v, want 503 before the upgrade", err)
+	}
+	if got := testutil.ToFloat64(metrics.byCap["max_streams"]) - rejected; got != 2 {
+		t.Errorf("rejected_total{cap=max_streams}: got %v more, want 2", got)
 	}
 	b.CloseNow()
 	time.Sleep(300 * time.Millisecond)

@@ -340,7 +340,7 @@ func (h *Handler) reject(w http.ResponseWriter, err error) error {
 		metrics.rejected(c.name)
 	}
 	if c.status == http.StatusServiceUnavailable && h.hub.capWarning() {
-		h.logger.Warn(c.name+" reached: rejecting long-poll requests", zap.Int(c.name, c.value(h)))
+		h.logger.Warn(c.name+" reached: rejecting requests", zap.Int(c.name, c.value(h)))
 	}
 	return caddyhttp.Error(c.status, fmt.Errorf("%s (%d) reached: %w", c.name, c.value(h), err))
 }
@@ -355,13 +355,14 @@ type capRule struct {
 var capRules = map[error]capRule{
 	longpoll.ErrOverBudget:              {"max_memory", http.StatusServiceUnavailable, func(h *Handler) int { return int(h.MaxMemory) }},
 	longpoll.ErrTooManyWaiters:          {"max_waiters", http.StatusServiceUnavailable, func(h *Handler) int { return h.MaxWaiters }},
+	longpoll.ErrTooManyStreams:          {"max_streams", http.StatusServiceUnavailable, func(h *Handler) int { return h.MaxStreams }},
 	longpoll.ErrTooManyWatches:          {"max_watches", http.StatusServiceUnavailable, func(h *Handler) int { return h.MaxWatches }},
 	longpoll.ErrTooManyForClient:        {"max_waiters_per_client", http.StatusTooManyRequests, func(h *Handler) int { return h.MaxWaitersPerClient }},
 	longpoll.ErrTooManyWatchesForClient: {"max_watches_per_client", http.StatusTooManyRequests, func(h *Handler) int { return h.MaxWatchesPerClient }},
 }
 
 // capNames are the names of the caps, as the metrics label rejections.
-var capNames = []string{"max_waiters", "max_watches", "max_waiters_per_client", "max_watches_per_client", "max_memory"}
+var capNames = []string{"max_waiters", "max_watches", "max_waiters_per_client", "max_watches_per_client", "max_memory", "max_streams"}
 
 func capOf(err error) capRule {
 	for e, c := range capRules {

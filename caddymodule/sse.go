@@ -56,6 +56,7 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 	ticket longpoll.Ticket, sub *longpoll.Subscription, have []string,
 ) (*stream, error) {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	endBy := hardWriteEnd(r)
 	// The watch's first result says whether there is a stream at all: a
 	// resource that cannot be shared (an upstream that streams events of
 	// its own, say) is passed on as it came, before a byte is written.
@@ -86,7 +87,7 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 	hdr.Del("Content-Length")
 	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), h2: r.ProtoMajor == 2}
 	repl.Set("http.longpoll.outcome", outcomeStream)
-	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE), nil
+	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE, endBy), nil
 }
 
 // streamHave returns the version a stream's client has: Last-Event-ID (an

@@ -71,6 +71,21 @@ func (d *writeDeadline) next(now time.Time) (time.Time, bool) {
 	return d.at, true
 }
 
+// hardWriteEnd returns when a response to r must have been written, as the
+// server's write_timeout makes it a hard limit on the whole response
+// (Caddy does when write_idle_timeout is on, its default), less a margin
+// of a quarter of it (at most a second) for a stream to end cleanly; zero
+// if there is no such limit. Without write_idle_timeout, the stream's own
+// write deadlines replace the one write_timeout sets.
+func hardWriteEnd(r *http.Request) time.Time {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || srv.WriteTimeout <= 0 || srv.WriteIdleTimeout <= 0 {
+		return time.Time{}
+	}
+	wt := time.Duration(srv.WriteTimeout)
+	return time.Now().Add(wt - min(wt/4, time.Second))
+}
+
 // streamWriter is a delivery's side of a stream.
 type streamWriter interface {
 	// start writes what comes before the first version, if anything.
@@ -160,13 +175,23 @@ type stream struct {
 	failing      bool
 }
 
-// newStream makes the stream of sub, to deliver to w.
+// newStream makes the stream of sub, to deliver to w, and to end by
+// endBy if it is not zero.
 func (h *Handler) newStream(ctx context.Context, sub *longpoll.Subscription, ticket longpoll.Ticket, w streamWriter,
-	r *http.Request, have []string, delivery string,
+	r *http.Request, have []string, delivery string, endBy time.Time,
 ) *stream {
 	s := &stream{h: h, sub: sub, ticket: ticket, w: w, ctx: ctx, header: r.Header, have: have, delivery: delivery}
+	var life time.Duration
 	if d := time.Duration(h.MaxStreamDuration); d > 0 {
-		s.maxEnd = h.hub.deadlines.After(d - d/10 + rand.N(d/5+1)) // jitter: streams opened together do not end together
+		life = d - d/10 + rand.N(d/5+1) // jitter: streams opened together do not end together
+	}
+	if !endBy.IsZero() {
+		if d := max(time.Until(endBy), time.Millisecond); life == 0 || d < life {
+			life = d
+		}
+	}
+	if life > 0 {
+		s.maxEnd = h.hub.deadlines.After(life)
 	}
 	sub.Stream()
 	s.gone, s.goneWhy = w.gone()

@@ -119,7 +119,7 @@ func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next cad
 	ctx, cancel := context.WithCancel(context.Background()) // not the request's: Accept has taken the connection
 	ws := &wsWriter{conn: conn, ctx: ctx, cancel: cancel, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
 	go ws.read()
-	return h.newStream(ctx, sub, ticket, ws, r, have, deliveryWebSocket), nil
+	return h.newStream(ctx, sub, ticket, ws, r, have, deliveryWebSocket, time.Time{}), nil
 }
 
 // wsWriter writes a stream's messages to a WebSocket.
