@@ -23,6 +23,16 @@
 //   - passthrough: ordinary requests (no Prefer) through a route with
 //     longpoll and the same route without it, in alternating rounds:
 //     throughput, latency and Caddy's CPU per request.
+//   - streams, for each delivery (SSE, WebSocket) and N: N streams open
+//     on one key, then five changes, each delivered to every stream before
+//     the next; side by side with a minimal net/http SSE server and a
+//     minimal server of the same WebSocket library. Memory per open
+//     stream, the time from each change to each stream's event (pooled),
+//     the streams lost, and the server's CPU for the opening and per
+//     change.
+//
+// CPU is each thread's time on a CPU (/proc/<pid>/task/*/schedstat), in
+// nanoseconds.
 //
 // The client runs here too and shares the machine's cores with the
 // servers: its own CPU is reported beside the server's. Every loop is
