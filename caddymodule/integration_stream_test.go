@@ -285,6 +285,10 @@ func TestIntegrationStreamsResume(t *testing.T) {
 	if m := readWS(t, ws2, 5*time.Second); string(m.Body) != `"next"` {
 		t.Errorf("WebSocket (If-None-Match) after a change: got %s, want \"next\"", m.Body)
 	}
+	// If-None-Match: * names no version: the stream starts with the current one
+	if ev := openSSE(t, "/r", "If-None-Match", "*").next(t, 5*time.Second); ev.Data != "next" {
+		t.Errorf("SSE with If-None-Match *: got %q, want the current version, next", ev.Data)
+	}
 }
 
 // TestIntegrationStreamsStatusesAndFailures checks how what is not a 2xx
@@ -380,6 +384,12 @@ func TestIntegrationStreamsCapsAndPolicy(t *testing.T) {
 		&websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"https://evil.example.net"}}})
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Errorf("a WebSocket from another origin: got %v, want 403", err)
+	}
+	// refused before it costs a watch: the upstream never sees it
+	_, resp, err = websocket.Dial(context.Background(), fmt.Sprintf("ws://localhost:%d/cap-other", itPort()),
+		&websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"https://evil.example.net"}}})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden || up.hitsFor("/cap-other") != 0 {
+		t.Errorf("a WebSocket from another origin on a new key: got %v and %d upstream requests, want 403 and none", err, up.hitsFor("/cap-other"))
 	}
 	ok := openWS(t, "/cap", "Origin", "https://app.example.com")
 	readWS(t, ok, 5*time.Second)

@@ -183,9 +183,9 @@ type Handler struct {
 	// that an upstream that serves its own WebSocket is left alone.
 	WebSocket bool `json:"websocket,omitempty"`
 
-	// How long a stream may go without sending anything before it gets a
-	// sign of life (an SSE comment line, a WebSocket ping), so that
-	// proxies and load balancers do not time it out. A WebSocket client
+	// How long an SSE stream may go without sending anything before it
+	// gets a comment line, and how often a WebSocket is pinged, so that
+	// proxies and load balancers do not time them out. A WebSocket client
 	// that does not answer a ping within a second heartbeat is
 	// disconnected. At least `1s`. Default: `25s`.
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`

@@ -64,20 +64,29 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if err != nil || st.Decide(have, r.Header) == longpoll.PassThrough {
 		sub.Close()
 		ticket.Release()
-		if err != nil {
-			return nil, nil // the client left
+		if err != nil { // the client left
+			repl.Set("http.longpoll.outcome", outcomeCanceled)
+			h.delivered(outcomeCanceled, nil, nil)
+			return nil, nil
 		}
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
 		h.delivered(outcomePassthrough, nil, nil)
 		return nil, next.ServeHTTP(w, r)
 	}
 
-	hdr := w.Header()
+	setSSEHeader(w.Header(), h.CompressStreams)
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), h2: r.ProtoMajor == 2}
+	repl.Set("http.longpoll.outcome", outcomeStream)
+	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE, endBy), nil
+}
+
+// setSSEHeader sets the header of an event stream. no-transform: encode
+// leaves the stream alone (a compressor costs about 1 MiB a stream),
+// unless the operator asked for compression; encode then flushes its
+// compressor with each event.
+func setSSEHeader(hdr http.Header, compress bool) {
 	hdr.Set("Content-Type", "text/event-stream")
-	// no-transform: encode leaves the stream alone (a compressor costs
-	// about 1 MiB a stream), unless the operator asked for compression;
-	// encode then flushes its compressor with each event
-	if h.CompressStreams {
+	if compress {
 		hdr.Set("Cache-Control", "no-cache")
 	} else {
 		hdr.Set("Cache-Control", "no-cache, no-transform")
@@ -85,14 +94,17 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 	hdr.Add("Vary", "Accept")
 	hdr.Set("X-Accel-Buffering", "no") // nginx and others in front: do not buffer
 	hdr.Del("Content-Length")
-	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), h2: r.ProtoMajor == 2}
-	repl.Set("http.longpoll.outcome", outcomeStream)
-	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE, endBy), nil
+}
+
+// retryHint is an event stream's reconnect hint, with jitter, so that
+// clients cut off together do not come back together.
+func retryHint() []byte {
+	return []byte("retry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n")
 }
 
 // streamHave returns the version a stream's client has: Last-Event-ID (an
 // EventSource that reconnects sends the last id it got), the etag query
-// parameter (with query_params), or If-None-Match; quoted or not. It
+// parameter (with query_params), or If-None-Match (but "*"); quoted or not. It
 // removes the module's query parameters from r, as for a long-poll, so that
 // the key is the same.
 func (h *Handler) streamHave(r *http.Request) []string {
@@ -106,7 +118,11 @@ func (h *Handler) streamHave(r *http.Request) []string {
 	case etag != "":
 		return []string{longpoll.QueryETag(etag)}
 	}
-	return r.Header.Values("If-None-Match")
+	inm := r.Header.Values("If-None-Match")
+	if len(inm) == 1 && strings.TrimSpace(inm[0]) == "*" {
+		return nil // any version: a stream starts with the current one
+	}
+	return inm
 }
 
 // sseWriter writes a stream's events.
@@ -128,9 +144,9 @@ type sseWriter struct {
 // or not: each write sets its own and clears it after.
 func (s *sseWriter) write(p []byte) error {
 	if s.h2 {
-		_ = s.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = s.rc.SetWriteDeadline(time.Now().Add(writeBudget(len(p))))
 		defer func() { _ = s.rc.SetWriteDeadline(time.Time{}) }()
-	} else if d, moved := s.deadline.next(time.Now()); moved {
+	} else if d, moved := s.deadline.next(time.Now(), len(p)); moved {
 		_ = s.rc.SetWriteDeadline(d)
 	}
 	if _, err := s.w.Write(p); err != nil {
@@ -140,11 +156,10 @@ func (s *sseWriter) write(p []byte) error {
 }
 
 // start writes the stream's head: its status and header, and a reconnect
-// hint with jitter, so that clients cut off together do not come back
-// together.
+// hint.
 func (s *sseWriter) start() error {
 	s.w.WriteHeader(http.StatusOK)
-	return s.write([]byte("retry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n"))
+	return s.write(retryHint())
 }
 
 func (s *sseWriter) send(snap *longpoll.Snapshot) error { return s.write(sseEvent(snap)) }

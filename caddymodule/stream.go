@@ -55,35 +55,48 @@ const deadlineGranularity = longpoll.DefaultGranularity
 // is dropped after it, rather than keep its goroutine and memory.
 const writeTimeout = 10 * time.Second
 
+// minWriteRate is the slowest a healthy client is taken to read: a write
+// of n bytes has n/minWriteRate on top of writeTimeout, so that a big
+// version (up to max_body) reaches a slow client rather than cut it off
+// at every try. 16 KiB/s is a slow mobile link.
+const minWriteRate = 16 << 10
+
+// writeBudget is the time a write of n bytes may take.
+func writeBudget(n int) time.Duration {
+	return writeTimeout + time.Duration(n)*time.Second/minWriteRate
+}
+
 // writeDeadline is the deadline of a stream's writes: each write ends
-// within writeTimeout of its start, and has at least half of it. It moves
-// on only when half of it has passed, not at every write, which would cost
-// every stream a timer update at every change.
+// within its budget from its start, and has at least its budget less half
+// of writeTimeout. It moves on only when that is not left, not at every
+// write, which would cost every stream a timer update at every change.
 type writeDeadline struct{ at time.Time }
 
-// next returns the deadline of a write starting at now, and whether it
-// has moved since the last write.
-func (d *writeDeadline) next(now time.Time) (time.Time, bool) {
-	if d.at.Sub(now) >= writeTimeout/2 {
+// next returns the deadline of a write of n bytes starting at now, and
+// whether it has moved since the last write.
+func (d *writeDeadline) next(now time.Time, n int) (time.Time, bool) {
+	budget := writeBudget(n)
+	if d.at.Sub(now) >= budget-writeTimeout/2 {
 		return d.at, false
 	}
-	d.at = now.Add(writeTimeout)
+	d.at = now.Add(budget)
 	return d.at, true
 }
 
 // hardWriteEnd returns when a response to r must have been written, as the
-// server's write_timeout makes it a hard limit on the whole response
-// (Caddy does when write_idle_timeout is on, its default), less a margin
-// of a quarter of it (at most a second) for a stream to end cleanly; zero
-// if there is no such limit. Without write_idle_timeout, the stream's own
-// write deadlines replace the one write_timeout sets.
+// server's write_timeout makes it a hard limit on the whole response,
+// counted from the request's start (Caddy does when write_idle_timeout is
+// on, its default), less a margin of a quarter of it (at most a second)
+// for a stream to end cleanly; zero if there is no such limit. Without
+// write_idle_timeout, the stream's own write deadlines replace the one
+// write_timeout sets.
 func hardWriteEnd(r *http.Request) time.Time {
-	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	if srv == nil || srv.WriteTimeout <= 0 || srv.WriteIdleTimeout <= 0 {
+	_, iw := caddyhttp.IdleTimeoutsFromContext(r.Context())
+	if iw == nil || iw.Deadline.HardDeadline.IsZero() {
 		return time.Time{}
 	}
-	wt := time.Duration(srv.WriteTimeout)
-	return time.Now().Add(wt - min(wt/4, time.Second))
+	hard := iw.Deadline.HardDeadline
+	return hard.Add(-min(hard.Sub(iw.Deadline.Start)/4, time.Second))
 }
 
 // streamWriter is a delivery's side of a stream.
@@ -124,14 +137,22 @@ func (h *Handler) streamDelivery(r *http.Request) string {
 func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, delivery string) error {
 	have := h.streamHave(r) // first: it takes the module's query parameters out of the key
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if delivery == deliveryWebSocket && !originAllowed(r, h.Origins) {
+		// before the request costs a place, a watch or a poll
+		repl.Set("http.longpoll.outcome", outcomeRejected)
+		h.delivered(outcomeRejected, nil, nil)
+		return caddyhttp.Error(http.StatusForbidden, errOrigin)
+	}
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	ticket, sub, err := h.admit(r, next, repl, clientIP, true)
 	switch {
 	case errors.Is(err, longpoll.ErrClosed):
-		// the engine closed under an old config's handler: serve directly
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		h.delivered(outcomePassthrough, nil, nil)
-		return next.ServeHTTP(w, r)
+		// The engine closed under an old config's handler (a reload): the
+		// client is sent to the new one. Not to the next handler, whose
+		// answer an EventSource would take as the end of it.
+		repl.Set("http.longpoll.outcome", outcomeShutdown)
+		h.delivered(outcomeShutdown, nil, nil)
+		return reconnectStream(w, delivery)
 	case err != nil:
 		// before any upgrade or byte of the stream
 		repl.Set("http.longpoll.outcome", outcomeRejected)
@@ -147,8 +168,25 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddy
 	if s == nil {
 		return err
 	}
-	s.close(s.run())
+	why := endWrite // if run panics, the stream's place is given back all the same
+	defer func() { s.close(why) }()
+	why = s.run()
 	return nil
+}
+
+// reconnectStream answers a stream request that came in as its engine
+// closed: an event stream with a reconnect hint and nothing else, which an
+// EventSource follows; a WebSocket, before its upgrade, 503 with
+// Retry-After.
+func reconnectStream(w http.ResponseWriter, delivery string) error {
+	if delivery == deliveryWebSocket {
+		w.Header().Set("Retry-After", "1")
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("longpoll: the configuration is being replaced: connect again"))
+	}
+	setSSEHeader(w.Header(), false)
+	w.WriteHeader(http.StatusOK)
+	_, err := w.Write(retryHint())
+	return err
 }
 
 // stream is an open stream: what its goroutine needs between versions.
@@ -204,12 +242,14 @@ func (h *Handler) newStream(ctx context.Context, sub *longpoll.Subscription, tic
 	return s
 }
 
-// close gives the stream's place back and counts why it ended.
+// close gives the stream's place back, counts why it ended, and then ends
+// the delivery's side (a WebSocket's close handshake waits for the
+// client).
 func (s *stream) close(why string) {
-	s.w.finish(why)
 	s.sub.Close()
 	s.ticket.Release()
 	metrics.closed(s.delivery, why, s.h.DisableMetrics, s.h.hub)
+	s.w.finish(why)
 }
 
 // run delivers the versions of the watch until the stream ends, and
@@ -283,8 +323,10 @@ func (s *stream) wait(changed <-chan struct{}) string {
 	select {
 	case <-changed:
 	case <-s.beat:
+		// An SSE comment is due only when nothing was sent meanwhile; a
+		// WebSocket ping every heartbeat, which the client must answer.
 		heartbeat := time.Duration(s.h.Heartbeat)
-		if idle := time.Since(s.lastSent); idle < heartbeat-deadlineGranularity {
+		if idle := time.Since(s.lastSent); idle < heartbeat-deadlineGranularity && s.delivery == deliverySSE {
 			s.beat = s.h.hub.deadlines.After(heartbeat - idle) // something was sent since
 			return ""
 		}

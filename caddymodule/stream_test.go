@@ -4,12 +4,16 @@
 package caddymodule
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // deadlineRecorder is a response writer that records, for every write, the
@@ -21,7 +25,10 @@ type deadlineRecorder struct {
 	writes   []deadlineAt
 }
 
-type deadlineAt struct{ at, deadline time.Time }
+type deadlineAt struct {
+	at, deadline time.Time
+	n            int
+}
 
 func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
 	d.deadline = t
@@ -30,7 +37,7 @@ func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
 }
 
 func (d *deadlineRecorder) Write(p []byte) (int, error) {
-	d.writes = append(d.writes, deadlineAt{time.Now(), d.deadline})
+	d.writes = append(d.writes, deadlineAt{time.Now(), d.deadline, len(p)})
 	return d.ResponseRecorder.Write(p)
 }
 
@@ -54,8 +61,8 @@ func TestSSEWriteDeadlines(t *testing.T) {
 			}
 		}
 		for i, w := range rec.writes {
-			if left := w.deadline.Sub(w.at); left < writeTimeout/2 || left > writeTimeout {
-				t.Errorf("write %d: deadline %v away, want between %v and %v", i, left, writeTimeout/2, writeTimeout)
+			if left, budget := w.deadline.Sub(w.at), writeBudget(w.n); left < budget-writeTimeout/2 || left > budget {
+				t.Errorf("write %d: deadline %v away, want between %v and %v", i, left, budget-writeTimeout/2, budget)
 			}
 		}
 		// at 0 s (the head), 28 s (the first write after the quiet), 36 s
@@ -89,12 +96,56 @@ func TestSSEWriteDeadlinesHTTP2(t *testing.T) {
 			}
 		}
 		for i, w := range rec.writes {
-			if left := w.deadline.Sub(w.at); left != writeTimeout {
-				t.Errorf("write %d: deadline %v away, want %v", i, left, writeTimeout)
+			if left := w.deadline.Sub(w.at); left != writeBudget(w.n) {
+				t.Errorf("write %d: deadline %v away, want %v", i, left, writeBudget(w.n))
 			}
 		}
 		if len(rec.writes) != 3 {
 			t.Errorf("got %d writes, want 3", len(rec.writes))
 		}
 	})
+}
+
+// TestSSEWriteDeadlineBigEvent checks that a big event gets time in
+// proportion to its size (a slow but healthy client is not cut off at
+// every try), and that the deadline moves for it even when a small write
+// has just set one.
+func TestSSEWriteDeadlineBigEvent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+		sw := &sseWriter{w: rec, rc: http.NewResponseController(rec)}
+		if err := sw.start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		big := make([]byte, 1<<20) // max_body's default
+		if err := sw.write(big); err != nil {
+			t.Fatal(err)
+		}
+		w := rec.writes[len(rec.writes)-1]
+		if left, want := w.deadline.Sub(w.at), writeTimeout+64*time.Second; left != want {
+			t.Errorf("a 1 MiB write: deadline %v away, want %v (writeTimeout and 64 s at 16 KiB/s)", left, want)
+		}
+	})
+}
+
+// TestReconnectStream checks the answer to a stream request that came in
+// as its engine closed (a reload): an event stream with a reconnect hint
+// and nothing else, which an EventSource follows (another answer would end
+// it for good); a WebSocket, not upgraded, 503 with Retry-After.
+func TestReconnectStream(t *testing.T) {
+	rec := httptest.NewRecorder()
+	if err := reconnectStream(rec, deliverySSE); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/event-stream" ||
+		!regexp.MustCompile(`^retry: \d+\n\n$`).MatchString(rec.Body.String()) {
+		t.Errorf("SSE: got %d %q %q, want 200, text/event-stream, a retry hint alone", rec.Code, rec.Header().Get("Content-Type"), rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	err := reconnectStream(rec, deliveryWebSocket)
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("WebSocket: got %v with Retry-After %q, want a 503 handler error with Retry-After", err, rec.Header().Get("Retry-After"))
+	}
 }

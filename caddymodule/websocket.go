@@ -4,12 +4,16 @@
 package caddymodule
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"mime"
+	"net"
 	"net/http"
+	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,16 +38,65 @@ import (
 // body is the JSON value itself for a JSON content type, a string for other
 // text, and absent, with body_base64, for anything else. An upstream that
 // fails: {"error": "upstream failing", "retry_after": 5}. The client sends
-// nothing: a data message closes the connection (1008), one over
-// wsReadLimit too (1009). A ping goes out every heartbeat; a client that has
-// not answered when the next is due is disconnected.
+// nothing: a data message closes the connection (1008), its content unread.
+// A ping goes out every heartbeat; a client that has not answered when the
+// next is due is disconnected.
 //
 // The WebSocket library is github.com/coder/websocket: it reaches the
 // connection through http.ResponseController's Unwrap chain, as Caddy's
 // wrapped response writers require.
 
-// wsReadLimit bounds a client's message: it is not expected to send any.
-const wsReadLimit = 512
+// closeWait bounds a WebSocket's close handshake: the close frame is
+// sent, and a client that does not answer within it (or is in the middle
+// of a message it does not finish) is cut off.
+const closeWait = time.Second
+
+// errOrigin is the error of a WebSocket from an origin not allowed.
+var errOrigin = errors.New("longpoll: WebSocket from an origin not allowed (see origins)")
+
+// originAllowed reports whether r's Origin may open a WebSocket: none (not
+// a browser), the request's own host, or one that patterns match (host
+// patterns of path.Match, or with "://", scheme and host), as the
+// WebSocket library checks it again at the upgrade. It is checked first,
+// so that a request from another site costs no place, watch or poll.
+func originAllowed(r *http.Request, patterns []string) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, p := range patterns {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// hijackKeeper passes the upgrade's hijack on to Caddy's writer and keeps
+// the connection, so that the close handshake can be given a deadline.
+type hijackKeeper struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (k *hijackKeeper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(k.ResponseWriter).Hijack()
+	k.conn = conn
+	return conn, brw, err
+}
+
+func (k *hijackKeeper) Unwrap() http.ResponseWriter { return k.ResponseWriter }
 
 // isWebSocket reports whether r asks for a WebSocket upgrade.
 func isWebSocket(r *http.Request) bool {
@@ -84,8 +137,10 @@ func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil || st.Decide(have, r.Header) == longpoll.PassThrough {
 		sub.Close()
 		ticket.Release()
-		if err != nil {
-			return nil, nil // the client left
+		if err != nil { // the client left
+			repl.Set("http.longpoll.outcome", outcomeCanceled)
+			h.delivered(outcomeCanceled, nil, nil)
+			return nil, nil
 		}
 		// an upstream that cannot be shared, its own WebSocket say
 		repl.Set("http.longpoll.outcome", outcomePassthrough)
@@ -105,19 +160,19 @@ func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next cad
 	if h.CompressStreams {
 		mode = websocket.CompressionNoContextTakeover
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	keeper := &hijackKeeper{ResponseWriter: w}
+	conn, err := websocket.Accept(keeper, r, &websocket.AcceptOptions{
 		OriginPatterns:  h.Origins,
 		CompressionMode: mode,
 	})
 	if err != nil {
 		sub.Close()
 		ticket.Release()
-		return nil, nil // Accept answered the client (403 for another origin)
+		return nil, nil // Accept answered the client
 	}
-	conn.SetReadLimit(wsReadLimit)
 	repl.Set("http.longpoll.outcome", outcomeStream)
 	ctx, cancel := context.WithCancel(context.Background()) // not the request's: Accept has taken the connection
-	ws := &wsWriter{conn: conn, ctx: ctx, cancel: cancel, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
+	ws := &wsWriter{conn: conn, netConn: keeper.conn, ctx: ctx, cancel: cancel, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
 	go ws.read()
 	return h.newStream(ctx, sub, ticket, ws, r, have, deliveryWebSocket, time.Time{}), nil
 }
@@ -125,6 +180,7 @@ func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next cad
 // wsWriter writes a stream's messages to a WebSocket.
 type wsWriter struct {
 	conn     *websocket.Conn
+	netConn  net.Conn // under conn, for the close handshake's deadline
 	ctx      context.Context
 	cancel   context.CancelFunc
 	interval time.Duration // the heartbeat: a ping's time to be answered
@@ -151,23 +207,19 @@ func (ws *wsWriter) end(why string) {
 }
 
 // read reads what the client sends: control frames (pongs, its close) are
-// handled by the library while it waits; a data message, or one over the
-// limit, ends the stream.
+// handled by the library while it waits; a data message ends the stream,
+// as soon as its header arrives.
 func (ws *wsWriter) read() {
-	_, _, err := ws.conn.Reader(ws.ctx)
-	switch {
-	case err == nil:
+	if _, _, err := ws.conn.Reader(ws.ctx); err == nil {
 		ws.end(endPolicy)
-	case errors.Is(err, websocket.ErrMessageTooBig):
-		ws.end(endPolicy)
-	default:
+	} else {
 		ws.end(endClient) // its close, or the connection gone
 	}
 }
 
 // write writes p as a text message, within the write deadline.
 func (ws *wsWriter) write(p []byte) error {
-	if d, moved := ws.deadline.next(time.Now()); moved {
+	if d, moved := ws.deadline.next(time.Now(), len(p)); moved {
 		if ws.writeCancel != nil {
 			ws.writeCancel()
 		}
@@ -212,9 +264,15 @@ func (ws *wsWriter) gone() (<-chan struct{}, func() string) {
 	}
 }
 
-// finish closes the connection with the close code for why.
+// finish closes the connection with the close code for why, within
+// closeWait: the handshake waits for the client's close, and skips the
+// rest of a message the client is sending, which a client could make last
+// for ever.
 func (ws *wsWriter) finish(why string) {
 	defer ws.cancel()
+	if ws.netConn != nil {
+		_ = ws.netConn.SetDeadline(time.Now().Add(closeWait))
+	}
 	switch why {
 	case endShutdown:
 		_ = ws.conn.Close(websocket.StatusGoingAway, "server shutting down")

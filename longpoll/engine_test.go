@@ -911,6 +911,46 @@ func TestRecoveryClearsFailure(t *testing.T) {
 	})
 }
 
+// A recovery to the version the watch had before its failures wakes the
+// subscribers: a stream told of the failure must learn that it is over
+// (and be told of the next run), though the version did not change. A
+// poll that finds the same version without a failure before wakes nobody.
+func TestRecoveryToSameVersionWakes(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake(serve("v1"))
+		e := newEngine(t, longpoll.Config{Interval: time.Second})
+		defer e.Close()
+		sub := subscribe(t, e, testKey, f)
+		defer sub.Close()
+		synctest.Wait()
+		healthy := sub.State()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if isClosed(healthy.Changed()) {
+			t.Fatalf("an unchanged poll woke the subscribers")
+		}
+
+		f.setScript(fail(&longpoll.UpstreamError{Status: http.StatusBadGateway}))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		failing := sub.State()
+		if failing.Failure == nil || bodyOf(failing) != "v1" {
+			t.Fatalf("after a failed poll: state %+v, want Failure and body v1", failing)
+		}
+		f.setScript(serve("v1"))
+		time.Sleep(failing.Failure.RetryAfter)
+		synctest.Wait()
+		now := sub.State()
+		if now.Failure != nil || bodyOf(now) != "v1" {
+			t.Fatalf("after the recovery: state %+v, want no Failure and body v1", now)
+		}
+		if !isClosed(failing.Changed()) {
+			t.Errorf("recovery to the same version: Changed of the failing state is open, want closed")
+		}
+	})
+}
+
 // A response that cannot be shared sends clients through to the upstream
 // themselves, and the watch stops polling: polling would be wasted.
 func TestUncacheablePassesThrough(t *testing.T) {

@@ -330,7 +330,10 @@ func (w *watch) succeeded(snap, prev *Snapshot, now time.Time) PollResult {
 		w.publish(&State{Snapshot: snap, Since: now}, true)
 		return PollChanged
 	}
-	w.publish(&State{Snapshot: snap, Since: cur.Since}, false)
+	// The same version: only a recovery wakes the subscribers, for those
+	// that were told of the failure (a stream that had no version yet
+	// sends the current one, and is told of the next run of failures).
+	w.publish(&State{Snapshot: snap, Since: cur.Since}, cur.Failure != nil)
 	if snap == prev {
 		return PollNotModified // the Fetcher's answer to an upstream 304
 	}
