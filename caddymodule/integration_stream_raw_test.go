@@ -5,13 +5,20 @@ package caddymodule
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // rawWS is a WebSocket client on a bare connection, for what a library
@@ -170,4 +177,49 @@ func itStreams() int {
 		n += hb.limiter.Streams()
 	}
 	return n
+}
+
+// TestIntegrationStreamsOutcomeLogged checks that a stream's access log
+// line carries {http.longpoll.outcome} "stream", for each delivery, and a
+// WebSocket refused for its origin "rejected".
+func TestIntegrationStreamsOutcomeLogged(t *testing.T) {
+	tc := itStart(t)
+	up := newItUpstream(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	site := fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t\tformat json\n\t}\n\tlog_append longpoll_outcome {http.longpoll.outcome}\n", logPath) +
+		streamSite(up, "")
+	itLoad(t, tc, itConfig("", site))
+
+	sse := openSSE(t, "/logged-sse")
+	sse.next(t, 5*time.Second)
+	sse.cancel()
+	ws := openWS(t, "/logged-ws")
+	readWS(t, ws, 5*time.Second)
+	_ = ws.Close(websocket.StatusNormalClosure, "")
+	_, resp, err := websocket.Dial(context.Background(), fmt.Sprintf("ws://localhost:%d/logged-evil", itPort()),
+		&websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"https://evil.example.net"}}})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a WebSocket from another origin: got %v, want 403", err)
+	}
+
+	want := map[string]string{"/logged-sse": "stream", "/logged-ws": "stream", "/logged-evil": "rejected"}
+	got := map[string]string{}
+	itWaitFor(t, "the three access log lines", 10*time.Second, func() bool {
+		b, _ := os.ReadFile(logPath)
+		for line := range strings.SplitSeq(string(b), "\n") {
+			var entry struct {
+				Request struct{ URI string } `json:"request"`
+				Outcome string               `json:"longpoll_outcome"`
+			}
+			if json.Unmarshal([]byte(line), &entry) == nil && want[entry.Request.URI] != "" {
+				got[entry.Request.URI] = entry.Outcome
+			}
+		}
+		return len(got) == len(want)
+	})
+	for uri, outcome := range want {
+		if got[uri] != outcome {
+			t.Errorf("%s: access log outcome %q, want %q", uri, got[uri], outcome)
+		}
+	}
 }

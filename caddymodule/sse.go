@@ -76,7 +76,6 @@ func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp
 
 	setSSEHeader(w.Header(), h.CompressStreams)
 	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), h2: r.ProtoMajor == 2}
-	repl.Set("http.longpoll.outcome", outcomeStream)
 	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE, endBy), nil
 }
 

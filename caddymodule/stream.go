@@ -169,7 +169,12 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddy
 		return err
 	}
 	why := endWrite // if run panics, the stream's place is given back all the same
-	defer func() { s.close(why) }()
+	defer func() {
+		s.close(why)
+		// set at the end, for the access log: set at the start, it would
+		// keep the replacer's map (about 400 B) for the stream's life
+		repl.Set("http.longpoll.outcome", outcomeStream)
+	}()
 	why = s.run()
 	return nil
 }

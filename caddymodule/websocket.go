@@ -170,7 +170,6 @@ func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next cad
 		ticket.Release()
 		return nil, nil // Accept answered the client
 	}
-	repl.Set("http.longpoll.outcome", outcomeStream)
 	ctx, cancel := context.WithCancel(context.Background()) // not the request's: Accept has taken the connection
 	ws := &wsWriter{conn: conn, netConn: keeper.conn, ctx: ctx, cancel: cancel, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
 	go ws.read()

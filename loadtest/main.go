@@ -633,11 +633,12 @@ func (p *profiler) save(path, name string) {
 	_, _ = io.Copy(f, resp.Body)
 }
 
-// heap saves the heap profile, with the requests held.
-// The text form ends with the runtime's memory statistics (StackInuse,
-// HeapInuse).
+// heap saves the heap profile, with the requests held, after a garbage
+// collection (a heap profile is as of the last one, which may have run with
+// only part of the requests in). The text form ends with the runtime's
+// memory statistics (StackInuse, HeapInuse).
 func (p *profiler) heap() {
-	p.save("/debug/pprof/heap", "heap.pb.gz")
+	p.save("/debug/pprof/heap?gc=1", "heap.pb.gz")
 	p.save("/debug/pprof/heap?debug=1", "heap.txt")
 }
 
