@@ -5,9 +5,11 @@ package caddymodule
 
 import (
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -148,4 +150,41 @@ func TestReconnectStream(t *testing.T) {
 	if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
 		t.Errorf("WebSocket: got %v with Retry-After %q, want a 503 handler error with Retry-After", err, rec.Header().Get("Retry-After"))
 	}
+}
+
+// deadlineConn is a net.Conn that records its write deadlines.
+type deadlineConn struct {
+	net.Conn
+	deadlines []time.Time
+}
+
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
+	c.deadlines = append(c.deadlines, t)
+	return nil
+}
+
+// TestWebSocketWriteDeadline checks that a WebSocket's writes run under a
+// deadline on its connection (not a context of their own), moved as an
+// event stream's is: for a big message at once, for small ones only when
+// half of writeTimeout has passed.
+func TestWebSocketWriteDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		conn := &deadlineConn{}
+		ws := &wsWriter{netConn: conn}
+		start := time.Now()
+		ws.moveDeadline(100)
+		time.Sleep(time.Second)
+		ws.moveDeadline(100) // within the first deadline's time
+		ws.moveDeadline(1 << 20)
+		time.Sleep(70 * time.Second)
+		ws.moveDeadline(0) // a ping after a long quiet
+		want := []time.Time{
+			start.Add(writeBudget(100)),
+			start.Add(time.Second + writeBudget(1<<20)),
+			start.Add(71*time.Second + writeBudget(0)),
+		}
+		if !slices.Equal(conn.deadlines, want) {
+			t.Errorf("deadlines set: %v, want %v", conn.deadlines, want)
+		}
+	})
 }

@@ -184,9 +184,7 @@ type wsWriter struct {
 	cancel   context.CancelFunc
 	interval time.Duration // the heartbeat: a ping's time to be answered
 
-	deadline    writeDeadline
-	writeCtx    context.Context // ends at the write deadline; the stream's goroutine's
-	writeCancel context.CancelFunc
+	deadline writeDeadline // the connection's write deadline; the stream's goroutine's
 
 	pinging atomic.Bool
 	mu      sync.Mutex // guards why
@@ -218,13 +216,8 @@ func (ws *wsWriter) read() {
 
 // write writes p as a text message, within the write deadline.
 func (ws *wsWriter) write(p []byte) error {
-	if d, moved := ws.deadline.next(time.Now(), len(p)); moved {
-		if ws.writeCancel != nil {
-			ws.writeCancel()
-		}
-		ws.writeCtx, ws.writeCancel = context.WithDeadline(ws.ctx, d)
-	}
-	return ws.conn.Write(ws.writeCtx, websocket.MessageText, p)
+	ws.moveDeadline(len(p))
+	return ws.conn.Write(ws.ctx, websocket.MessageText, p)
 }
 
 func (ws *wsWriter) start() error { return nil } // the upgrade was the head
@@ -236,6 +229,17 @@ func (ws *wsWriter) failing(f *longpoll.Failure) error {
 		strconv.Itoa(max(1, int(f.RetryAfter.Seconds()+0.5))) + "}"))
 }
 
+// moveDeadline gives the connection the write deadline of a write of n
+// bytes starting now, moved only when needed (see writeDeadline). It is
+// the connection's, not a context's (which would cost each stream a
+// timer and a context), so the library's own writes, a ping's, run under
+// it too.
+func (ws *wsWriter) moveDeadline(n int) {
+	if d, moved := ws.deadline.next(time.Now(), n); moved && ws.netConn != nil {
+		_ = ws.netConn.SetWriteDeadline(d)
+	}
+}
+
 // heartbeat sends a ping, unless one is under way. It does not wait for the
 // pong: a client that has not answered by the next heartbeat is dropped.
 func (ws *wsWriter) heartbeat() error {
@@ -243,6 +247,7 @@ func (ws *wsWriter) heartbeat() error {
 		ws.end(endHeartbeat) // the last ping is still unanswered
 		return nil
 	}
+	ws.moveDeadline(0) // for the ping's write
 	go func() {
 		ctx, cancel := context.WithTimeout(ws.ctx, ws.interval)
 		defer cancel()
