@@ -216,7 +216,7 @@ type Handler struct {
 	// takeover (each message compressed on its own, with a pooled
 	// compressor). Off by default: an SSE stream through `encode`'s gzip
 	// at its default level holds about 1 MiB of compressor per stream,
-	// some forty times the stream itself.
+	// some 27 times the stream itself.
 	CompressStreams bool `json:"compress_streams,omitempty"`
 
 	// Leaves this handler out of the `caddy_longpoll_*` metrics: its
