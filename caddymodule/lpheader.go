@@ -19,6 +19,9 @@ import (
 // fields of it that a 304 repeats.
 type lpHeader struct {
 	full, notModified http.Header
+	// accept is the same with Vary: Accept too, for a handler that serves
+	// event streams: its answer to the URL depends on Accept.
+	accept *lpHeader
 }
 
 // lpHeaderKey is the key of a snapshot's lpHeader.
@@ -34,6 +37,14 @@ func longPollHeader(s *longpoll.Snapshot) *lpHeader {
 var notModifiedHeaders = []string{"Etag", "Vary", "Cache-Control", "Expires", "Content-Location"}
 
 func makeLongPollHeader(s *longpoll.Snapshot) any {
+	lh := makeHeaders(s, "Prefer")
+	lh.accept = makeHeaders(s, "Prefer", "Accept")
+	return lh
+}
+
+// makeHeaders makes the headers of s, with the fields named in vary added
+// to its Vary field.
+func makeHeaders(s *longpoll.Snapshot, vary ...string) *lpHeader {
 	full := make(http.Header, len(s.Header)+3)
 	for k, v := range s.Header {
 		full[k] = slices.Clip(v)
@@ -42,9 +53,11 @@ func makeLongPollHeader(s *longpoll.Snapshot) any {
 	if !s.Head {
 		full["Content-Length"] = []string{strconv.Itoa(len(s.Body))}
 	}
-	if !varies(full, "Prefer") {
+	for _, name := range vary {
 		// long-polls and plain requests of one URL get different answers
-		full["Vary"] = append(slices.Clip(full["Vary"]), "Prefer")
+		if !varies(full, name) {
+			full["Vary"] = append(slices.Clip(full["Vary"]), name)
+		}
 	}
 	nm := make(http.Header, len(notModifiedHeaders))
 	for _, k := range notModifiedHeaders {
@@ -53,6 +66,15 @@ func makeLongPollHeader(s *longpoll.Snapshot) any {
 		}
 	}
 	return &lpHeader{full: full, notModified: nm}
+}
+
+// answerHeader returns the headers of s for the long-poll answers of h.
+func (h *Handler) answerHeader(s *longpoll.Snapshot) *lpHeader {
+	lh := longPollHeader(s)
+	if h.SSE {
+		return lh.accept
+	}
+	return lh
 }
 
 // varies reports whether the Vary field of header names name.

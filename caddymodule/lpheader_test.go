@@ -49,6 +49,17 @@ func TestLongPollHeader(t *testing.T) {
 	if got := longPollHeader(plain).full.Values("Vary"); !slices.Equal(got, []string{"Prefer"}) {
 		t.Errorf("Vary of a snapshot without one: got %q, want Prefer", got)
 	}
+	// a handler that serves event streams answers the URL by Accept too
+	if got := (&Handler{SSE: true}).answerHeader(plain); !slices.Equal(got.full.Values("Vary"), []string{"Prefer", "Accept"}) ||
+		!slices.Equal(got.notModified.Values("Vary"), []string{"Prefer", "Accept"}) {
+		t.Errorf("Vary with sse: got %q (304: %q), want Prefer, Accept", got.full.Values("Vary"), got.notModified.Values("Vary"))
+	}
+	if got := (&Handler{}).answerHeader(plain).full.Values("Vary"); !slices.Equal(got, []string{"Prefer"}) {
+		t.Errorf("Vary without sse: got %q, want Prefer", got)
+	}
+	if got := (&Handler{SSE: true}).answerHeader(s).full.Values("Vary"); !slices.Equal(got, []string{"Accept-Language, prefer", "Accept"}) {
+		t.Errorf("Vary with sse, the upstream's naming Prefer: got %q, want it and Accept", got)
+	}
 
 	rec := longpoll.NewRecorder(1 << 20)
 	rec.ForHead()

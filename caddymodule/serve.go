@@ -265,20 +265,20 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			outcome = outcomeChanged
 		}
 		repl.Set("http.longpoll.outcome", outcome)
-		return outcome, writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
+		return outcome, writeSnapshot(w, r, st.Snapshot, h.answerHeader(st.Snapshot), lp.wait, end.held)
 	case d == longpoll.Wait && st.Snapshot != nil && st.Failure == nil:
 		// the wait ended with nothing new
 		repl.Set("http.longpoll.outcome", outcomeTimeout)
-		writeNotModified(w, st.Snapshot, lp.wait)
+		writeNotModified(w, h.answerHeader(st.Snapshot), lp.wait)
 		return outcomeTimeout, nil
 	case d == longpoll.End && st.Snapshot != nil && st.Snapshot.VaryMatches(r.Header):
 		// the engine closed: answered now, from what it had
 		repl.Set("http.longpoll.outcome", outcomeShutdown)
 		if longpoll.MatchETag(lp.inm, st.Snapshot.ETag) {
-			writeNotModified(w, st.Snapshot, lp.wait)
+			writeNotModified(w, h.answerHeader(st.Snapshot), lp.wait)
 			return outcomeShutdown, nil
 		}
-		return outcomeShutdown, writeSnapshot(w, r, st.Snapshot, lp.wait, end.held)
+		return outcomeShutdown, writeSnapshot(w, r, st.Snapshot, h.answerHeader(st.Snapshot), lp.wait, end.held)
 	}
 	return h.finishOther(w, r, next, repl, end, lp, d)
 }
@@ -377,8 +377,8 @@ func capOf(err error) capRule {
 // reported as an error (file_server's 404) is returned as that error, with
 // the representation's headers set, so that the server's error handling
 // (handle_errors) renders it as it would without this module.
-func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration, held bool) error {
-	copyHeader(w.Header(), longPollHeader(s).full, nil)
+func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, lh *lpHeader, wait time.Duration, held bool) error {
+	copyHeader(w.Header(), lh.full, nil)
 	if held {
 		w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	}
@@ -426,8 +426,8 @@ func copyHeader(dst, src http.Header, only []string) {
 	}
 }
 
-func writeNotModified(w http.ResponseWriter, s *longpoll.Snapshot, wait time.Duration) {
-	copyHeader(w.Header(), longPollHeader(s).notModified, nil)
+func writeNotModified(w http.ResponseWriter, lh *lpHeader, wait time.Duration) {
+	copyHeader(w.Header(), lh.notModified, nil)
 	w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	w.WriteHeader(http.StatusNotModified)
 }
