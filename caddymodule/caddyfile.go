@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_stream_duration <duration>
 //		origins       <origin...>
 //		compress_streams
+//		ignore        <json-pointer...>
 //	}
 //
 // Every subdirective is optional and may appear once.
@@ -109,6 +110,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, nil
 		case "compress_streams":
 			return true, flag(d, &h.CompressStreams)
+		case "ignore":
+			h.Ignore = d.RemainingArgs()
+			if len(h.Ignore) == 0 {
+				return true, d.ArgErr()
+			}
+			return true, nil
 		case "query_params":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

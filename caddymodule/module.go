@@ -219,6 +219,15 @@ type Handler struct {
 	// some 27 times the stream itself.
 	CompressStreams bool `json:"compress_streams,omitempty"`
 
+	// JSON fields whose changes are no change: a timestamp, a request id
+	// or a cache age that the upstream stamps into every body. RFC 6901
+	// JSON pointers (`/generated_at`); a `*` segment matches every member
+	// of an array or object (`/items/*/updated_at`). A poll whose body
+	// differs from the representation held only in these fields releases
+	// nobody: the representation, its body and its ETag stay as they are.
+	// A body that is not JSON is compared whole (logged once per watch).
+	Ignore []string `json:"ignore,omitempty"`
+
 	// Leaves this handler out of the `caddy_longpoll_*` metrics: its
 	// requests and polls are not counted, and its held requests and watches
 	// not reported. Default: false (metrics on).
@@ -226,8 +235,9 @@ type Handler struct {
 
 	hub     *hub
 	poolKey string
-	route   *route          // what polls go through in this handler's config
-	routeH  *longpoll.Route // the route, opened with the engine
+	ignore  *longpoll.Ignore // Ignore, parsed
+	route   *route           // what polls go through in this handler's config
+	routeH  *longpoll.Route  // the route, opened with the engine
 	logger  *zap.Logger
 	debug   bool // the logger takes debug lines: log each request
 	cleaned bool
@@ -261,6 +271,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
+	h.ignore, _ = longpoll.ParseIgnore(h.Ignore) // Validate has parsed them
 	warnUnreachable(ctx, h.logger)
 	hb, key, err := acquireHub(ctx, h)
 	if err != nil {
@@ -345,6 +356,9 @@ func (h *Handler) Validate() error {
 		}
 	}
 	check(h.Interval <= 0, "interval must be positive, got %v", time.Duration(h.Interval))
+	if _, err := longpoll.ParseIgnore(h.Ignore); err != nil {
+		errs = append(errs, fmt.Errorf("ignore: %w", err))
+	}
 	check(h.MaxWait < caddy.Duration(time.Second), "max_wait must be at least 1s, got %v", time.Duration(h.MaxWait))
 	check(h.Interval > 0 && h.Interval >= h.MaxWait,
 		"interval (%v) must be below max_wait (%v)", time.Duration(h.Interval), time.Duration(h.MaxWait))
@@ -440,6 +454,7 @@ func (h *Handler) engineConfig() longpoll.Config {
 		PollTimeout: time.Duration(h.PollTimeout),
 		MaxMemory:   h.MaxMemory,
 		MaxActive:   h.MaxWatches,
+		Ignore:      h.ignore,
 	}
 }
 

@@ -77,6 +77,8 @@ func TestValidate(t *testing.T) {
 		{name: "heartbeat below 1s", h: Handler{Heartbeat: s / 2}, wantErr: []string{"heartbeat must be at least 1s"}},
 		{name: "max_stream_duration below 10s", h: Handler{MaxStreamDuration: 5 * s}, wantErr: []string{"max_stream_duration must be 0 (off) or at least 10s"}},
 		{name: "an origin with a comma", h: Handler{Origins: []string{"a.example, b.example"}}, wantErr: []string{"origins:"}},
+		{name: "ignore pointers malformed", h: Handler{Ignore: []string{"/ok", "items/0", "/a~2"}}, wantErr: []string{`ignore: JSON pointer "items/0"`, `JSON pointer "/a~2"`}},
+		{name: "ignore pointers", h: Handler{Ignore: []string{"/generated_at", "/items/*/updated_at", "/a~1b"}}},
 		{name: "max_memory below max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 1 << 20}, wantErr: []string{"max_memory (1048576) must be at least twice max_body (2097152)"}},
 		{name: "max_memory below twice max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 4<<20 - 1}, wantErr: []string{"must be at least twice max_body"}},
 		{name: "max_memory twice max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 4 << 20}},

@@ -51,6 +51,9 @@ type Config struct {
 	// subscription that would make one more fails with ErrTooManyWatches.
 	// 0 or less: no bound.
 	MaxActive int
+	// Ignore names JSON fields whose changes are no change (see Ignore);
+	// nil ignores nothing.
+	Ignore *Ignore
 }
 
 func (c *Config) applyDefaults() {

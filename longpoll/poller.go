@@ -327,8 +327,14 @@ func (w *watch) succeeded(snap, prev *Snapshot, now time.Time) PollResult {
 	w.failures, w.notBefore = 0, time.Time{}
 	cur := w.state.Load()
 	if cur.Snapshot == nil || cur.Snapshot.ETag != snap.ETag {
-		w.publish(&State{Snapshot: snap, Since: now}, true)
-		return PollChanged
+		if !w.ignorable(cur.Snapshot, snap) {
+			w.publish(&State{Snapshot: snap, Since: now}, true)
+			return PollChanged
+		}
+		// a change in ignored fields only: the snapshot stays, its body
+		// and ETag with it
+		w.publish(&State{Snapshot: cur.Snapshot, Since: cur.Since}, cur.Failure != nil)
+		return PollUnchanged
 	}
 	// The same version: only a recovery wakes the subscribers, for those
 	// that were told of the failure (a stream that had no version yet
@@ -338,6 +344,23 @@ func (w *watch) succeeded(snap, prev *Snapshot, now time.Time) PollResult {
 		return PollNotModified // the Fetcher's answer to an upstream 304
 	}
 	return PollUnchanged
+}
+
+// ignorable reports whether snap differs from cur only in the fields that
+// Config.Ignore names. A body that is not JSON is compared whole, and
+// logged once per watch. It must be called with w.mu held.
+func (w *watch) ignorable(cur, snap *Snapshot) bool {
+	ig := w.e.config().Ignore
+	if ig == nil || cur == nil {
+		return false
+	}
+	same, isJSON := ig.same(cur, snap)
+	if !isJSON && !w.notJSON {
+		w.notJSON = true
+		w.e.logger().Info("ignore: a representation is not JSON, so it is compared whole",
+			zap.String("watch", w.key.Short()), zap.String("topic", w.topic))
+	}
+	return same
 }
 
 // publish makes next the current state. If wake is set, next gets a new

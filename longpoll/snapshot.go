@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"hash"
 	"net/http"
 	"slices"
 	"strconv"
@@ -136,6 +137,25 @@ func newSnapshot(status int, kind snapshotKind, header http.Header, body []byte,
 // a client can move between them and keep its version.
 func (s *Snapshot) computeETag() string {
 	h := sha256.New()
+	s.writeMeta(h)
+	h.Write(s.Body)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return `"` + base64.RawURLEncoding.EncodeToString(sum[:etagBytes]) + `"`
+}
+
+// metaHash hashes what the ETag covers but the body.
+func (s *Snapshot) metaHash() [sha256.Size]byte {
+	h := sha256.New()
+	s.writeMeta(h)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+// writeMeta writes to h what the ETag covers besides the body: the status,
+// the content headers, and for HEAD what it shows of the body.
+func (s *Snapshot) writeMeta(h hash.Hash) {
 	h.Write([]byte(strconv.Itoa(s.Status)))
 	if s.ErrorStatus {
 		h.Write([]byte("error")) // rendered by error handling, not written
@@ -157,10 +177,6 @@ func (s *Snapshot) computeETag() string {
 			h.Write([]byte{0})
 		}
 	}
-	h.Write(s.Body)
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
-	return `"` + base64.RawURLEncoding.EncodeToString(sum[:etagBytes]) + `"`
 }
 
 // etagBytes of the hash make an ETag of etagLen characters (144 bits).

@@ -45,6 +45,7 @@ type watch struct {
 	gone      bool
 	size      int64     // bytes counted against Config.MaxMemory (memory.go)
 	spin      spinCheck // requests that named no version (spin.go)
+	notJSON   bool      // logged once: Config.Ignore met a body that is not JSON
 	poller
 }
 
