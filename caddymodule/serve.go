@@ -205,6 +205,24 @@ func (h *Handler) spreadAnswer(r *http.Request, left time.Duration) {
 	}
 }
 
+// pace holds a long-poll whose watch cannot share its representation (the
+// upstream sets cookies, say) for an interval, or the rest of its wait if
+// shorter, before it is passed to the next handler: whatever its loop, a
+// client then costs the upstream one request per interval at most, no
+// more than short polling at that interval, where an answer at once would
+// let it ask again at once.
+//
+//go:noinline
+func (h *Handler) pace(r *http.Request, sub *longpoll.Subscription, start time.Time, expired <-chan struct{}) holdEnd {
+	select {
+	case <-h.hub.deadlines.After(time.Duration(h.Interval) - time.Since(start)):
+	case <-expired:
+	case <-r.Context().Done():
+		return holdEnd{held: true, heldFor: time.Since(start)}
+	}
+	return holdEnd{st: sub.State(), held: true, heldFor: time.Since(start)}
+}
+
 // holdEnd is how a long-poll request's wait ended.
 type holdEnd struct {
 	st      *longpoll.State // the state to answer from; nil: the client left
@@ -236,7 +254,12 @@ func (h *Handler) wait(r *http.Request, sub *longpoll.Subscription, lp *longPoll
 			}
 			// An answer given at once must not be older than one interval:
 			// wait for the poll this request started on an idle watch.
-		default: // PassThrough, End
+		case longpoll.PassThrough:
+			if !held {
+				return h.pace(r, sub, start, expired)
+			}
+			return holdEnd{st: st, held: held, heldFor: time.Since(start)}
+		default: // End
 			return holdEnd{st: st, held: held, heldFor: time.Since(start)}
 		}
 		select {
