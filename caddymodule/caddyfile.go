@@ -103,19 +103,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_stream_duration":
 			return true, parseDuration(d, &h.MaxStreamDuration)
 		case "origins":
-			h.Origins = d.RemainingArgs()
-			if len(h.Origins) == 0 {
-				return true, d.ArgErr()
-			}
-			return true, nil
+			return true, someArgs(d, &h.Origins)
 		case "compress_streams":
 			return true, flag(d, &h.CompressStreams)
 		case "ignore":
-			h.Ignore = d.RemainingArgs()
-			if len(h.Ignore) == 0 {
-				return true, d.ArgErr()
-			}
-			return true, nil
+			return true, someArgs(d, &h.Ignore)
 		case "query_params":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -163,12 +155,21 @@ func flag(d *caddyfile.Dispenser, dst *bool) error {
 	return nil
 }
 
+// someArgs reads the one or more arguments of the current subdirective.
+func someArgs(d *caddyfile.Dispenser, dst *[]string) error {
+	*dst = d.RemainingArgs()
+	if len(*dst) == 0 {
+		return d.ArgErr()
+	}
+	return nil
+}
+
 // joinedArgs reads the one or more arguments of the current subdirective,
 // joined by a space (a template written in several tokens).
 func joinedArgs(d *caddyfile.Dispenser, dst *string) error {
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return d.ArgErr()
+	var args []string
+	if err := someArgs(d, &args); err != nil {
+		return err
 	}
 	*dst = strings.Join(args, " ")
 	return nil

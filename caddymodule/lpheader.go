@@ -19,13 +19,15 @@ import (
 // fields of it that a 304 repeats.
 type lpHeader struct {
 	full, notModified http.Header
-	// accept is the same with Vary: Accept too, for a handler that serves
-	// event streams: its answer to the URL depends on Accept.
-	accept *lpHeader
 }
 
-// lpHeaderKey is the key of a snapshot's lpHeader.
-type lpHeaderKey struct{}
+// lpHeaderKey is the key of a snapshot's lpHeader; lpHeaderAcceptKey that
+// of its variant with Vary: Accept too, for a handler that serves event
+// streams (its answer to the URL depends on Accept).
+type (
+	lpHeaderKey       struct{}
+	lpHeaderAcceptKey struct{}
+)
 
 // longPollHeader returns the long-poll header of s.
 func longPollHeader(s *longpoll.Snapshot) *lpHeader {
@@ -36,11 +38,9 @@ func longPollHeader(s *longpoll.Snapshot) *lpHeader {
 // repeat from the 200 it stands for.
 var notModifiedHeaders = []string{"Etag", "Vary", "Cache-Control", "Expires", "Content-Location"}
 
-func makeLongPollHeader(s *longpoll.Snapshot) any {
-	lh := makeHeaders(s, "Prefer")
-	lh.accept = makeHeaders(s, "Prefer", "Accept")
-	return lh
-}
+func makeLongPollHeader(s *longpoll.Snapshot) any { return makeHeaders(s, "Prefer") }
+
+func makeLongPollHeaderAccept(s *longpoll.Snapshot) any { return makeHeaders(s, "Prefer", "Accept") }
 
 // makeHeaders makes the headers of s, with the fields named in vary added
 // to its Vary field.
@@ -70,11 +70,10 @@ func makeHeaders(s *longpoll.Snapshot, vary ...string) *lpHeader {
 
 // answerHeader returns the headers of s for the long-poll answers of h.
 func (h *Handler) answerHeader(s *longpoll.Snapshot) *lpHeader {
-	lh := longPollHeader(s)
 	if h.SSE {
-		return lh.accept
+		return s.Derived(lpHeaderAcceptKey{}, makeLongPollHeaderAccept).(*lpHeader)
 	}
-	return lh
+	return longPollHeader(s)
 }
 
 // varies reports whether the Vary field of header names name.

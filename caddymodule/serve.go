@@ -258,7 +258,7 @@ func (h *Handler) wait(r *http.Request, sub *longpoll.Subscription, lp *longPoll
 			if !held {
 				return h.pace(r, sub, start, expired)
 			}
-			return holdEnd{st: st, held: held, heldFor: time.Since(start)}
+			fallthrough
 		default: // End
 			return holdEnd{st: st, held: held, heldFor: time.Since(start)}
 		}

@@ -13,9 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
 
@@ -49,34 +46,14 @@ func wantsSSE(r *http.Request) bool {
 	return false
 }
 
-// openSSE opens an event stream, its head to be written by start, or
-// answers the request otherwise (a watch that cannot share, or a client
-// gone) and returns nil.
-func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+// openSSE opens the event stream of an admitted request that can be
+// streamed, its head to be written by start.
+func (h *Handler) openSSE(w http.ResponseWriter, r *http.Request,
 	ticket longpoll.Ticket, sub *longpoll.Subscription, have []string,
-) (*stream, error) {
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	endBy := hardWriteEnd(r)
-	// The watch's first result says whether there is a stream at all: a
-	// resource that cannot be shared (an upstream that streams events of
-	// its own, say) is passed on as it came, before a byte is written.
-	st, err := sub.Fresh(r.Context())
-	if err != nil || st.Decide(have, r.Header) == longpoll.PassThrough {
-		sub.Close()
-		ticket.Release()
-		if err != nil { // the client left
-			repl.Set("http.longpoll.outcome", outcomeCanceled)
-			h.delivered(outcomeCanceled, nil, nil)
-			return nil, nil
-		}
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		h.delivered(outcomePassthrough, nil, nil)
-		return nil, next.ServeHTTP(w, r)
-	}
-
+) *stream {
 	setSSEHeader(w.Header(), h.CompressStreams)
 	sw := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), h2: r.ProtoMajor == 2}
-	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE, endBy), nil
+	return h.newStream(r.Context(), sub, ticket, sw, r, have, deliverySSE, hardWriteEnd(r))
 }
 
 // setSSEHeader sets the header of an event stream. no-transform: encode

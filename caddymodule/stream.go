@@ -159,14 +159,17 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddy
 		h.delivered(outcomeRejected, nil, nil)
 		return h.reject(w, err)
 	}
+	if ok, err := h.streamable(w, r, next, repl, ticket, sub, have); !ok {
+		return err
+	}
 	var s *stream
 	if delivery == deliverySSE {
-		s, err = h.openSSE(w, r, next, ticket, sub, have)
+		s = h.openSSE(w, r, ticket, sub, have)
 	} else {
-		s, err = h.openWebSocket(w, r, next, ticket, sub, have)
+		s = h.openWebSocket(w, r, ticket, sub, have)
 	}
 	if s == nil {
-		return err
+		return nil // the upgrade failed: the library answered the client
 	}
 	why := endWrite // if run panics, the stream's place is given back all the same
 	defer func() {
@@ -177,6 +180,30 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddy
 	}()
 	why = s.run()
 	return nil
+}
+
+// streamable waits for the watch's first result, which says whether there
+// is a stream at all: a resource that cannot be shared (an upstream that
+// serves an event stream or a WebSocket of its own, say) is passed on as
+// it came, before a byte of a stream is written. Unless the request can be
+// streamed, it gives the stream's place back and answers the request.
+func (h *Handler) streamable(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer,
+	ticket longpoll.Ticket, sub *longpoll.Subscription, have []string,
+) (bool, error) {
+	st, err := sub.Fresh(r.Context())
+	if err == nil && st.Decide(have, r.Header) != longpoll.PassThrough {
+		return true, nil
+	}
+	sub.Close()
+	ticket.Release()
+	if err != nil { // the client left
+		repl.Set("http.longpoll.outcome", outcomeCanceled)
+		h.delivered(outcomeCanceled, nil, nil)
+		return false, nil
+	}
+	repl.Set("http.longpoll.outcome", outcomePassthrough)
+	h.delivered(outcomePassthrough, nil, nil)
+	return false, next.ServeHTTP(w, r)
 }
 
 // reconnectStream answers a stream request that came in as its engine

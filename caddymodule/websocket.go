@@ -23,7 +23,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
@@ -127,27 +126,11 @@ func (h *Handler) refuseWebSocketOverH2(w http.ResponseWriter, r *http.Request, 
 		errors.New("longpoll: WebSocket over HTTP/2 or HTTP/3 is not served: connect over HTTP/1.1"))
 }
 
-// openWebSocket upgrades the connection of an admitted WebSocket stream,
-// or answers the request otherwise and returns nil.
-func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+// openWebSocket upgrades the connection of an admitted request that can be
+// streamed, or returns nil if the upgrade fails (the library answered).
+func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request,
 	ticket longpoll.Ticket, sub *longpoll.Subscription, have []string,
-) (*stream, error) {
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	st, err := sub.Fresh(r.Context())
-	if err != nil || st.Decide(have, r.Header) == longpoll.PassThrough {
-		sub.Close()
-		ticket.Release()
-		if err != nil { // the client left
-			repl.Set("http.longpoll.outcome", outcomeCanceled)
-			h.delivered(outcomeCanceled, nil, nil)
-			return nil, nil
-		}
-		// an upstream that cannot be shared, its own WebSocket say
-		repl.Set("http.longpoll.outcome", outcomePassthrough)
-		h.delivered(outcomePassthrough, nil, nil)
-		return nil, next.ServeHTTP(w, r)
-	}
-
+) *stream {
 	// The connection is the module's from the upgrade on: the server's
 	// read and write deadlines no longer apply to it (each write has its
 	// own), and it is closed here, on every path.
@@ -168,12 +151,12 @@ func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil {
 		sub.Close()
 		ticket.Release()
-		return nil, nil // Accept answered the client
+		return nil // Accept answered the client
 	}
 	ctx, cancel := context.WithCancel(context.Background()) // not the request's: Accept has taken the connection
 	ws := &wsWriter{conn: conn, netConn: keeper.conn, ctx: ctx, cancel: cancel, interval: time.Duration(h.Heartbeat), done: make(chan struct{})}
 	go ws.read()
-	return h.newStream(ctx, sub, ticket, ws, r, have, deliveryWebSocket, time.Time{}), nil
+	return h.newStream(ctx, sub, ticket, ws, r, have, deliveryWebSocket, time.Time{})
 }
 
 // wsWriter writes a stream's messages to a WebSocket.

@@ -16,10 +16,11 @@ import (
 // Ignore names the fields of a JSON representation that do not count as a
 // change (a timestamp or a request id stamped into every body): RFC 6901
 // JSON pointers, in which a "*" segment matches every member of an object
-// or an array. A poll whose body differs from the snapshot's only in those
-// fields is no change: the snapshot, its body and its ETag stay as they
-// are. A body that is not JSON is compared whole. The zero value, or nil,
-// ignores nothing.
+// or an array (an ignored array item keeps its place, so the others are
+// compared where they are). A poll whose body differs from the snapshot's
+// only in those fields is no change: the snapshot, its body and its ETag
+// stay as they are. A body that is not JSON is compared whole. The zero
+// value, or nil, ignores nothing.
 type Ignore struct {
 	pointers [][]string // unescaped segments
 }
@@ -111,22 +112,16 @@ func remove(v any, segs []string) any {
 		}
 		return v
 	case []any:
-		if seg == "*" {
-			if last {
-				return []any{}
-			}
-			for i, m := range v {
+		// An ignored item is blanked, not removed: the others keep their
+		// places, and the list its length.
+		for i, m := range v {
+			switch {
+			case seg != "*" && seg != strconv.Itoa(i):
+			case last:
+				v[i] = nil
+			default:
 				v[i] = remove(m, segs[1:])
 			}
-			return v
-		}
-		i, err := strconv.Atoi(seg)
-		switch {
-		case err != nil || i < 0 || i >= len(v) || seg != strconv.Itoa(i):
-		case last:
-			return append(v[:i:i], v[i+1:]...)
-		default:
-			v[i] = remove(v[i], segs[1:])
 		}
 		return v
 	}
