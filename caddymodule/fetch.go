@@ -85,6 +85,11 @@ func newFetcher(r *http.Request, maxBody int64) *fetcher {
 // poll is conditional on the upstream's own validators when the last one
 // gave any, so that an unchanged upstream answers 304.
 func (f *fetcher) Fetch(ctx context.Context, rv any, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	return f.poll(ctx, rv, prev, longpoll.NewRecorder(f.maxBody))
+}
+
+// poll is Fetch, into rec.
+func (f *fetcher) poll(ctx context.Context, rv any, prev *longpoll.Snapshot, rec *longpoll.Recorder) (*longpoll.Snapshot, error) {
 	rt, ok := rv.(*route)
 	if !ok {
 		return nil, &longpoll.UpstreamError{Err: errors.New("poll without a route")}
@@ -105,7 +110,6 @@ func (f *fetcher) Fetch(ctx context.Context, rv any, prev *longpoll.Snapshot) (*
 			req.Header.Set("If-Modified-Since", prev.LastModified)
 		}
 	}
-	rec := longpoll.NewRecorder(f.maxBody)
 	if req.Method == http.MethodHead {
 		rec.ForHead()
 	}
@@ -123,6 +127,11 @@ func (f *fetcher) Fetch(ctx context.Context, rv any, prev *longpoll.Snapshot) (*
 	}
 
 	err = serve(next, rec, req)
+	if rec.Passed() {
+		// A private poll's response over max_body went on to its client
+		// as it came: err says whether it was cut short.
+		return nil, err
+	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		// An upstream that stalls, before its headers or after them, or
 		// sends its body slowly, has failed this poll, whatever it wrote

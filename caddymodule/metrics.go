@@ -30,6 +30,7 @@ type metricSet struct {
 	pollsVec     *prometheus.CounterVec
 	polls        []prometheus.Counter // by longpoll.PollResult
 	pollDuration prometheus.Histogram
+	privatePolls prometheus.Counter
 	answersVec   *prometheus.CounterVec
 	heldVec      *prometheus.HistogramVec
 	byOutcome    map[string]outcomeMetrics
@@ -56,6 +57,10 @@ func newMetricSet() *metricSet {
 			Namespace: ns, Subsystem: sub, Name: "polls_total",
 			Help: "Polls of the upstream made for held requests, by what they found: changed, unchanged, not_modified (the upstream answered 304), error, uncacheable.",
 		}, []string{"result"}),
+		privatePolls: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "private_polls_total",
+			Help: "Polls of the upstream made with one client's own request, for a long-poll held privately (its watch cannot share a representation with it).",
+		}),
 		pollDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "poll_duration_seconds",
 			Help:    "How long polls of the upstream took.",
@@ -133,7 +138,7 @@ func newMetricSet() *metricSet {
 // it) is no error.
 func (m *metricSet) register(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.pollsVec, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.eventsVec, m.endedVec, m.gauges} {
+	for _, c := range []prometheus.Collector{m.pollsVec, m.privatePolls, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.eventsVec, m.endedVec, m.gauges} {
 		var already prometheus.AlreadyRegisteredError
 		if err := reg.Register(c); err != nil && !errors.As(err, &already) {
 			errs = append(errs, err)

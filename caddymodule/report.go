@@ -37,6 +37,9 @@ func (h *Handler) logAnswer(outcome string, end *holdEnd, sub *longpoll.Subscrip
 	if held {
 		fields = append(fields, zap.Duration("held_for", end.heldFor))
 	}
+	if end != nil && end.private {
+		fields = append(fields, zap.Bool("private", true))
+	}
 	if sub != nil {
 		fields = append(fields, zap.String("watch", sub.Key().Short()))
 	}

@@ -87,6 +87,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}()
 	end := h.wait(r, sub, &lp)
+	if end.private {
+		return h.servePrivately(w, r, next, repl, sub, &lp, end.heldFor)
+	}
 	left = true
 	sub.Close()
 	ticket.Release()
@@ -205,29 +208,12 @@ func (h *Handler) spreadAnswer(r *http.Request, left time.Duration) {
 	}
 }
 
-// pace holds a long-poll whose watch cannot share its representation (the
-// upstream sets cookies, say) for an interval, or the rest of its wait if
-// shorter, before it is passed to the next handler: whatever its loop, a
-// client then costs the upstream one request per interval at most, no
-// more than short polling at that interval, where an answer at once would
-// let it ask again at once.
-//
-//go:noinline
-func (h *Handler) pace(r *http.Request, sub *longpoll.Subscription, start time.Time, expired <-chan struct{}) holdEnd {
-	select {
-	case <-h.hub.deadlines.After(time.Duration(h.Interval) - time.Since(start)):
-	case <-expired:
-	case <-r.Context().Done():
-		return holdEnd{held: true, heldFor: time.Since(start)}
-	}
-	return holdEnd{st: sub.State(), held: true, heldFor: time.Since(start)}
-}
-
 // holdEnd is how a long-poll request's wait ended.
 type holdEnd struct {
 	st      *longpoll.State // the state to answer from; nil: the client left
 	held    bool            // the request waited for a change (also when its wait ended)
 	heldFor time.Duration
+	private bool // the watch cannot share with the request: hold it privately
 }
 
 // wait waits until the request's watch has a state to answer it from: at
@@ -255,10 +241,7 @@ func (h *Handler) wait(r *http.Request, sub *longpoll.Subscription, lp *longPoll
 			// An answer given at once must not be older than one interval:
 			// wait for the poll this request started on an idle watch.
 		case longpoll.PassThrough:
-			if !held {
-				return h.pace(r, sub, start, expired)
-			}
-			fallthrough
+			return holdEnd{held: true, heldFor: time.Since(start), private: true}
 		default: // End
 			return holdEnd{st: st, held: held, heldFor: time.Since(start)}
 		}

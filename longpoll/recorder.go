@@ -29,6 +29,10 @@ type Recorder struct {
 	tooLarge    bool
 	errorStatus bool // the status was reported as an error, not written
 	head        bool // the response to a HEAD request
+	private     bool // the response to one client's own request
+
+	passOn http.ResponseWriter // where a body over the limit goes
+	passed bool                // the response went on to passOn
 }
 
 // NewRecorder returns a Recorder that holds at most maxBody body bytes.
@@ -49,18 +53,62 @@ func (r *Recorder) WriteHeader(code int) {
 }
 
 // Write implements http.ResponseWriter. Past the size limit it returns an
-// error, so that the writer stops, and the response is not shareable.
+// error, so that the writer stops, and the response is not shareable; or,
+// with PassOn, it passes the response on.
 func (r *Recorder) Write(p []byte) (int, error) {
 	r.wroteHeader = true
+	if r.passed {
+		return r.passOn.Write(p)
+	}
 	if r.tooLarge || int64(r.body.Len())+int64(len(p)) > r.maxBody {
 		r.tooLarge = true
+		if r.passOn != nil {
+			return r.passBody(p)
+		}
 		return 0, errBodyTooLarge
 	}
 	return r.body.Write(p)
 }
 
-// Flush implements http.Flusher; everything is held until the end anyway.
-func (r *Recorder) Flush() {}
+// passBody writes the response so far (its header and the body held) to
+// the PassOn writer, then p, and sends the rest of the body there too.
+func (r *Recorder) passBody(p []byte) (int, error) {
+	r.passed = true
+	dst := r.passOn.Header()
+	for k, v := range r.header {
+		dst[k] = v
+	}
+	r.passOn.WriteHeader(r.status)
+	if _, err := r.passOn.Write(r.body.Bytes()); err != nil {
+		return 0, err
+	}
+	r.body = bytes.Buffer{}
+	return r.passOn.Write(p)
+}
+
+// Flush implements http.Flusher: everything is held until the end anyway,
+// but a response passed on is flushed.
+func (r *Recorder) Flush() {
+	if r.passed {
+		_ = http.NewResponseController(r.passOn).Flush()
+	}
+}
+
+// Private makes the recorder take the response to one client's own
+// request, for that client only: its snapshot may set cookies (see
+// Snapshot.Private).
+func (r *Recorder) Private() { r.private = true }
+
+// PassOn makes the recorder, past its size limit, pass the response on to
+// w rather than refuse it: the status, the header and the bytes held so
+// far are written to w, and the rest of the body goes straight there, so
+// that no more than the limit is ever held. It is for a response meant for
+// one client, whose ResponseWriter w is. Passed then reports true, and
+// Result returns an error.
+func (r *Recorder) PassOn(w http.ResponseWriter) { r.passOn = w }
+
+// Passed reports whether the response went on to the PassOn writer.
+func (r *Recorder) Passed() bool { return r.passed }
 
 // Started reports whether the response's header or body was written.
 func (r *Recorder) Started() bool { return r.wroteHeader }
@@ -107,7 +155,8 @@ func (r *Recorder) Result(reqHeader http.Header, prev *Snapshot) (*Snapshot, err
 	case r.status >= 500 || r.status == http.StatusTooManyRequests || r.status == http.StatusRequestTimeout:
 		return nil, &UpstreamError{Status: r.status, RetryAfter: ParseRetryAfter(r.header.Get("Retry-After"), time.Now())}
 	}
-	s, err := newSnapshot(r.status, snapshotKind{errorStatus: r.errorStatus, head: r.head}, r.header, r.body.Bytes(), reqHeader)
+	kind := snapshotKind{errorStatus: r.errorStatus, head: r.head, private: r.private}
+	s, err := newSnapshot(r.status, kind, r.header, r.body.Bytes(), reqHeader)
 	if err != nil {
 		return nil, err
 	}

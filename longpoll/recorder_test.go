@@ -6,6 +6,7 @@ package longpoll_test
 import (
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -369,5 +370,82 @@ func TestRecorderStarted(t *testing.T) {
 	}
 	if !w.Started() {
 		t.Errorf("after Write: Started() = false, want true")
+	}
+}
+
+// A private response over the size limit goes on to its client whole,
+// header first, and no more than the limit is ever held.
+func TestRecorderPassOn(t *testing.T) {
+	t.Parallel()
+	rec := longpoll.NewRecorder(4)
+	rec.Private()
+	dst := httptest.NewRecorder()
+	rec.PassOn(dst)
+	rec.Header().Set("Set-Cookie", "session=1")
+	rec.Header().Set("Content-Type", "text/plain")
+	rec.WriteHeader(http.StatusAccepted)
+	for _, c := range []string{"abc", "defg", "hij"} {
+		if n, err := rec.Write([]byte(c)); n != len(c) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v, want %d, nil", c, n, err, len(c))
+		}
+	}
+	rec.Flush()
+	if !rec.Passed() {
+		t.Fatal("Passed() = false after a body over the limit, want true")
+	}
+	if dst.Code != http.StatusAccepted || dst.Body.String() != "abcdefghij" || dst.Header().Get("Set-Cookie") != "session=1" {
+		t.Errorf("passed on: %d %q cookie %q, want 202 \"abcdefghij\" cookie \"session=1\"", dst.Code, dst.Body.String(), dst.Header().Get("Set-Cookie"))
+	}
+	if !dst.Flushed {
+		t.Error("Flush after passing on did not flush the client's writer")
+	}
+	if _, err := rec.Result(nil, nil); !errors.Is(err, longpoll.ErrUncacheable) {
+		t.Errorf("Result after passing on: %v, want ErrUncacheable", err)
+	}
+
+	// within the limit, nothing reaches the client
+	small := longpoll.NewRecorder(4)
+	dst = httptest.NewRecorder()
+	small.PassOn(dst)
+	_, _ = small.Write([]byte("abcd"))
+	if small.Passed() || dst.Body.Len() != 0 || dst.Flushed {
+		t.Errorf("a body within the limit was passed on (%q)", dst.Body.String())
+	}
+}
+
+// A private recorder keeps a response that sets cookies, and its ETag is
+// that of the same content without them: the cookie of each response
+// changes nothing the client compares.
+func TestRecorderPrivate(t *testing.T) {
+	t.Parallel()
+	var etags []string
+	for i, cookie := range []string{"session=1", "session=2"} {
+		rec := longpoll.NewRecorder(1 << 10)
+		rec.Private()
+		rec.Header().Set("Set-Cookie", cookie)
+		rec.Header().Set("Vary", "*")
+		rec.Header().Set("Content-Type", "application/json")
+		_, _ = rec.Write([]byte(`{"a":1}`))
+		s, err := rec.Result(http.Header{}, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v, want a private snapshot", i, err)
+		}
+		if !s.Private || s.Header.Get("Set-Cookie") != cookie {
+			t.Errorf("response %d: Private %v, Set-Cookie %q, want true, %q", i, s.Private, s.Header.Get("Set-Cookie"), cookie)
+		}
+		etags = append(etags, s.ETag)
+	}
+	shared, err := longpoll.NewSnapshot(http.StatusOK, http.Header{"Content-Type": {"application/json"}}, []byte(`{"a":1}`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if etags[0] != etags[1] || etags[0] != shared.ETag {
+		t.Errorf("ETags %q and shared %q, want one: cookies are not content", etags, shared.ETag)
+	}
+	// not private: refused
+	rec := longpoll.NewRecorder(1 << 10)
+	rec.Header().Set("Set-Cookie", "session=1")
+	if _, err := rec.Result(http.Header{}, nil); !errors.Is(err, longpoll.ErrUncacheable) {
+		t.Errorf("a shared recorder's response with Set-Cookie: %v, want ErrUncacheable", err)
 	}
 }

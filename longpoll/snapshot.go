@@ -35,6 +35,13 @@ type Snapshot struct {
 	// the server's error handling renders it as it would without the
 	// module. The body is then empty.
 	ErrorStatus bool
+	// Private is set for a representation polled for one client, with its
+	// own request, to be given to that client only (see Recorder.Private):
+	// it may set cookies, and its Set-Cookie fields are kept in Header,
+	// though the ETag, computed from the content alone, does not cover
+	// them; the upstream's Vary is not read, the request being the
+	// client's own.
+	Private bool
 	// Head is set for a representation polled with HEAD: it has no body,
 	// its Content-Length is the upstream's, and its ETag is hashed from
 	// what a HEAD answer shows of the body (the upstream's ETag,
@@ -86,27 +93,32 @@ func NewSnapshot(status int, header http.Header, body []byte, reqHeader http.Hea
 }
 
 // snapshotKind says how a response was made: by an error status (see
-// Snapshot.ErrorStatus), or for a HEAD request (Snapshot.Head).
-type snapshotKind struct{ errorStatus, head bool }
+// Snapshot.ErrorStatus), for a HEAD request (Snapshot.Head), or for one
+// client (Snapshot.Private).
+type snapshotKind struct{ errorStatus, head, private bool }
 
 func newSnapshot(status int, kind snapshotKind, header http.Header, body []byte, reqHeader http.Header) (*Snapshot, error) {
 	if header == nil {
 		header = make(http.Header)
 	}
-	if len(header.Values("Set-Cookie")) > 0 {
+	if len(header.Values("Set-Cookie")) > 0 && !kind.private {
 		return nil, fmt.Errorf("%w: it sets cookies", ErrUncacheable)
 	}
 	if len(header.Values("Trailer")) > 0 {
 		return nil, fmt.Errorf("%w: it has trailers", ErrUncacheable)
 	}
-	vary, err := varyFields(header, reqHeader)
-	if err != nil {
-		return nil, err
+	var vary []VaryField
+	if !kind.private {
+		var err error
+		if vary, err = varyFields(header, reqHeader); err != nil {
+			return nil, err
+		}
 	}
 	s := &Snapshot{
 		Status:       status,
 		ErrorStatus:  kind.errorStatus,
 		Head:         kind.head,
+		Private:      kind.private,
 		Body:         body,
 		UpstreamETag: header.Get("Etag"),
 		LastModified: strongLastModified(header),
