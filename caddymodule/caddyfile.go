@@ -56,6 +56,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		origins       <origin...>
 //		compress_streams
 //		ignore        <json-pointer...>
+//		deltas        json-patch
 //	}
 //
 // Every subdirective is optional and may appear once.
@@ -108,6 +109,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, flag(d, &h.CompressStreams)
 		case "ignore":
 			return true, someArgs(d, &h.Ignore)
+		case "deltas":
+			var err error
+			h.Deltas, err = oneArg(d)
+			return true, err
 		case "query_params":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

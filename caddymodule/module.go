@@ -228,6 +228,19 @@ type Handler struct {
 	// A body that is not JSON is compared whole (logged once per watch).
 	Ignore []string `json:"ignore,omitempty"`
 
+	// Lets stream clients (SSE, WebSocket) ask for changes as deltas:
+	// `json-patch`, the only kind, sends each change of a JSON
+	// representation as an RFC 6902 JSON Patch from the version the client
+	// has, when the patch is smaller than the new body (else the full
+	// version). A client opts in with the query parameter
+	// `deltas=json-patch` (which the module removes: the key and the polls
+	// do not see it), or, for SSE, with the media type parameter
+	// `Accept: text/event-stream; deltas=json-patch`. The patch is made
+	// once per change and shared by every client that had the version
+	// before it; a client further behind gets the full version. Needs
+	// `sse` or `websocket`. Default: off.
+	Deltas string `json:"deltas,omitempty"`
+
 	// Leaves this handler out of the `caddy_longpoll_*` metrics: its
 	// requests and polls are not counted, and its held requests and watches
 	// not reported. Default: false (metrics on).
@@ -383,6 +396,8 @@ func (h *Handler) Validate() error {
 	if h.Topic != "" && !strings.Contains(h.Topic, "{http.") {
 		errs = append(errs, fmt.Errorf("topic %q has no request placeholder ({http.*}): every request would have one topic", h.Topic))
 	}
+	check(h.Deltas != "" && h.Deltas != deltasJSONPatch, "deltas: %q is not a kind of delta; the one kind is %q", h.Deltas, deltasJSONPatch)
+	check(h.Deltas != "" && !h.SSE && !h.WebSocket, "deltas needs sse or websocket: only streams are sent deltas")
 	if qp := h.QueryParams; qp != nil {
 		check(qp.Wait == "" || qp.ETag == "", "query_params needs both a wait and an etag parameter name")
 		check(qp.Wait != "" && qp.Wait == qp.ETag, "query_params wait and etag must differ, both are %q", qp.Wait)

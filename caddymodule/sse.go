@@ -140,6 +140,8 @@ func (s *sseWriter) start() error {
 
 func (s *sseWriter) send(snap *longpoll.Snapshot) error { return s.write(sseEvent(snap)) }
 
+func (s *sseWriter) sendDelta(d *delta) error { return s.write(d.sse) }
+
 func (s *sseWriter) failing(f *longpoll.Failure) error {
 	return s.write([]byte("event: upstream-error\ndata: {\"retry_after\": " +
 		strconv.Itoa(max(1, int(f.RetryAfter.Seconds()+0.5))) + "}\n\n"))

@@ -105,6 +105,8 @@ type streamWriter interface {
 	start() error
 	// send writes a version.
 	send(s *longpoll.Snapshot) error
+	// sendDelta writes a version as a delta from the one before it.
+	sendDelta(d *delta) error
 	// failing tells the client the upstream fails, f being the failure.
 	failing(f *longpoll.Failure) error
 	// heartbeat writes a sign of life.
@@ -135,7 +137,9 @@ func (h *Handler) streamDelivery(r *http.Request) string {
 // long-poll is, against max_streams, then opened by its delivery (or
 // answered otherwise, if the watch cannot share), then run until it ends.
 func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, delivery string) error {
-	have := h.streamHave(r) // first: it takes the module's query parameters out of the key
+	// first: they take the module's query parameters out of the key
+	deltas := h.Deltas != "" && wantsDeltas(r)
+	have := h.streamHave(r)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if delivery == deliveryWebSocket && !originAllowed(r, h.Origins) {
 		// before the request costs a place, a watch or a poll
@@ -171,6 +175,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, next caddy
 	if s == nil {
 		return nil // the upgrade failed: the library answered the client
 	}
+	s.deltas = deltas
 	why := endWrite // if run panics, the stream's place is given back all the same
 	defer func() {
 		s.close(why)
@@ -237,6 +242,8 @@ type stream struct {
 	header   http.Header
 	have     []string // the version the client has
 	delivery string
+	deltas   bool               // the client asked for deltas
+	last     *longpoll.Snapshot // with deltas: the version sent last
 
 	gone         <-chan struct{}
 	goneWhy      func() string
@@ -320,7 +327,7 @@ func (s *stream) step() (<-chan struct{}, string) {
 	}
 	switch st.Decide(s.have, s.header) {
 	case longpoll.Send:
-		if s.w.send(st.Snapshot) != nil {
+		if s.send(st) != nil {
 			return nil, endWrite
 		}
 		metrics.sent(s.delivery, s.h.DisableMetrics)
@@ -333,7 +340,26 @@ func (s *stream) step() (<-chan struct{}, string) {
 		return nil, s.ending()
 	}
 	// Wait, or Fail: the client was told; it waits for the upstream
+	if s.deltas && s.last == nil && st.Snapshot != nil && longpoll.MatchETag(s.have, st.Snapshot.ETag) {
+		s.last = st.Snapshot // it resumed at the current version: deltas from it
+	}
 	return st.Changed(), ""
+}
+
+// send sends the state's version: as a delta from the version sent last,
+// when the client asked for deltas and has the version it replaced.
+func (s *stream) send(st *longpoll.State) error {
+	snap := st.Snapshot
+	if s.deltas {
+		prev := s.last
+		s.last = snap
+		if prev != nil && prev.ETag == st.Previous {
+			if d := deltaTo(snap, prev); d.sse != nil {
+				return s.w.sendDelta(d)
+			}
+		}
+	}
+	return s.w.send(snap)
 }
 
 // ending is why a stream whose engine closed ends: a reload that replaced

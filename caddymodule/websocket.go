@@ -207,6 +207,8 @@ func (ws *wsWriter) start() error { return nil } // the upgrade was the head
 
 func (ws *wsWriter) send(s *longpoll.Snapshot) error { return ws.write(wsMessage(s)) }
 
+func (ws *wsWriter) sendDelta(d *delta) error { return ws.write(d.ws) }
+
 func (ws *wsWriter) failing(f *longpoll.Failure) error {
 	return ws.write([]byte(`{"error": "upstream failing", "retry_after": ` +
 		strconv.Itoa(max(1, int(f.RetryAfter.Seconds()+0.5))) + "}"))

@@ -328,18 +328,22 @@ func (w *watch) succeeded(snap, prev *Snapshot, now time.Time) PollResult {
 	cur := w.state.Load()
 	if cur.Snapshot == nil || cur.Snapshot.ETag != snap.ETag {
 		if !w.ignorable(cur.Snapshot, snap) {
-			w.publish(&State{Snapshot: snap, Since: now}, true)
+			next := &State{Snapshot: snap, Since: now}
+			if cur.Snapshot != nil {
+				next.Previous = cur.Snapshot.ETag
+			}
+			w.publish(next, true)
 			return PollChanged
 		}
 		// a change in ignored fields only: the snapshot stays, its body
 		// and ETag with it
-		w.publish(&State{Snapshot: cur.Snapshot, Since: cur.Since}, cur.Failure != nil)
+		w.publish(&State{Snapshot: cur.Snapshot, Previous: cur.Previous, Since: cur.Since}, cur.Failure != nil)
 		return PollUnchanged
 	}
 	// The same version: only a recovery wakes the subscribers, for those
 	// that were told of the failure (a stream that had no version yet
 	// sends the current one, and is told of the next run of failures).
-	w.publish(&State{Snapshot: snap, Since: cur.Since}, cur.Failure != nil)
+	w.publish(&State{Snapshot: snap, Previous: cur.Previous, Since: cur.Since}, cur.Failure != nil)
 	if snap == prev {
 		return PollNotModified // the Fetcher's answer to an upstream 304
 	}

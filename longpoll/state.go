@@ -25,6 +25,11 @@ type State struct {
 	Passthrough bool
 	// Closed is set when the engine closed: no state will follow.
 	Closed bool
+	// Previous is the ETag of the representation that Snapshot replaced,
+	// "" for a watch's first: a delivery that sends changes as deltas
+	// sends one to the subscribers that had that version (see
+	// Snapshot.Derived).
+	Previous string
 	// Since is when the watch's representation took its current value:
 	// the end of the poll that found it (or that found the response could
 	// not be shared). Zero before the first result.

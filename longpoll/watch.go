@@ -203,5 +203,5 @@ func (w *watch) close() {
 	w.timer.Stop()
 	w.idleTimer.Stop()
 	cur := w.state.Load()
-	w.publish(&State{Snapshot: cur.Snapshot, Failure: cur.Failure, Since: cur.Since, Closed: true}, true)
+	w.publish(&State{Snapshot: cur.Snapshot, Failure: cur.Failure, Previous: cur.Previous, Since: cur.Since, Closed: true}, true)
 }
