@@ -6,8 +6,8 @@ package caddymodule
 import (
 	"bytes"
 	"encoding/json"
-	"mime"
 	"errors"
+	"mime"
 	"net/http"
 	"strings"
 
@@ -21,7 +21,7 @@ import (
 //
 //	id: 4cX8YfxFJtjMkDYC6eDtxZjg     SSE: the new version's ETag
 //	event: patch
-//	data: [{"op":"replace","path":"/items/17/status","value":"shipped"}]
+//	data: [{"value":"shipped","op":"replace","path":"/items/17/status"}]
 //
 //	{"etag": "\"4cX8...\"", "status": 200, "content_type": "application/json",
 //	 "patch": [{"op": "replace", ...}]}                     WebSocket

@@ -71,6 +71,7 @@ type options struct {
 	// changes per streams run; the delivery figures are per change
 	streamChanges int
 	deliveries    []string
+	deltaBody     int // size of the list of the deltas phase
 }
 
 func main() {
@@ -88,7 +89,8 @@ func main() {
 	flag.DurationVar(&o.shortFor, "shortpoll", 10*time.Second, "length of the short-polling run of the upstream phase")
 	flag.IntVar(&o.repeat, "repeat", 3, "fan-out runs per N and server (the table shows medians)")
 	flag.IntVar(&o.rounds, "rounds", 5, "rounds of 2s per route in the pass-through phase")
-	phases := flag.String("phases", "fanout,upstream,passthrough,streams", "phases to run")
+	phases := flag.String("phases", "fanout,upstream,passthrough,streams", "phases to run: fanout, upstream, passthrough, streams, deltas")
+	flag.IntVar(&o.deltaBody, "delta-body", 200<<10, "size of the JSON list of the deltas phase, in bytes")
 	flag.StringVar(&o.pprof, "pprof", "", "folder to save Caddy's heap profile (held) and CPU profile (release) in, per N")
 	flag.Parse()
 
@@ -196,6 +198,11 @@ func run(o options) error {
 			return fmt.Errorf("streams phase: %w", err)
 		}
 	}
+	if o.phases["deltas"] {
+		if err := deltasPhase(o); err != nil {
+			return fmt.Errorf("deltas phase: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -237,7 +244,8 @@ type fanout struct {
 	clientRel        time.Duration // the client's own CPU during the release
 	lat              []time.Duration
 	lost             int
-	upstreamHits     int64 // during the release (module only)
+	upstreamHits     int64   // during the release (module only)
+	bytesRel         float64 // bytes the clients read per change (streams)
 }
 
 // fanoutRuns are the runs for one N.

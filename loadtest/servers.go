@@ -35,6 +35,31 @@ func makeBody(size int, path string, version int) []byte {
 	return append(b, '"', '}')
 }
 
+// makeList is a JSON list of about size bytes (at least one item) in which
+// one item, a different one at each version, has the status
+// "changed-<version>": a change of one item in a big document.
+func makeList(size, version int) []byte {
+	const item = `{"id":%d,"name":"order number %06d","status":%q,"note":"%s"}`
+	note := strings.Repeat("n", 60)
+	count := max(1, size/len(fmt.Sprintf(item, 100000, 100000, "pending", note)))
+	b := fmt.Appendf(make([]byte, 0, size+256), `{"total":%d,"items":[`, count)
+	for i := range count {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		status := "pending"
+		if i == (version*37)%count {
+			status = fmt.Sprintf("changed-%d", version)
+		}
+		b = fmt.Appendf(b, item, i, i, status, note)
+	}
+	return append(b, ']', '}')
+}
+
+// listMarker is what a stream of the list carries of version v, in the
+// full body as in a patch.
+func listMarker(v int) []byte { return fmt.Appendf(nil, `"changed-%d"`, v) }
+
 // runUpstream serves the origin: every path is a resource whose body
 // changes with a version that POST /_change raises. GET /_stats reports the
 // requests served (control requests excluded) and when a changed body was
@@ -72,6 +97,9 @@ func runUpstream(size int) error {
 		}
 		mu.Unlock()
 		body := makeBody(size, r.URL.Path, v)
+		if r.URL.Path == "/list" {
+			body = makeList(size, v)
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		_, _ = w.Write(body)
@@ -251,6 +279,7 @@ http://127.0.0.1:%d {
 		websocket
 		max_streams 100000
 		heartbeat 10m
+		deltas json-patch
 	}
 	reverse_proxy %s
 }

@@ -83,6 +83,7 @@ func writeEvent(w http.ResponseWriter, rc *http.ResponseController, body []byte)
 // look for a marker (the new version) in what they read, with as little
 // work as the client can do.
 type streamClients struct {
+	bytes atomic.Int64 // read, over every stream
 	conns []net.Conn
 	open  sync.WaitGroup // every stream has its first version
 	round atomic.Pointer[round]
@@ -162,6 +163,7 @@ func (c *streamClients) read(conn net.Conn, i int, first []byte) {
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Minute))
 	for {
 		n, err := conn.Read(tmp)
+		c.bytes.Add(int64(n))
 		buf = append(buf, tmp[:n]...)
 		if !opened && bytes.Contains(buf, first) {
 			opened = true
@@ -239,6 +241,14 @@ func versionMarker(v int) []byte { return fmt.Appendf(nil, `"version":%d,`, v) }
 // module, change first changes the upstream, which t then announces (a
 // notification), as in the fan-out phase.
 func streamRun(o options, p *proc, path, delivery string, n int, change, t trigger, prof *profiler) (fanout, error) {
+	return streamRunMarked(o, p, path, delivery, n, versionMarker, change, t, prof)
+}
+
+// streamRunMarked is streamRun, with marker saying what a stream carries
+// of each version.
+func streamRunMarked(o options, p *proc, path, delivery string, n int, marker func(int) []byte,
+	change, t trigger, prof *profiler,
+) (fanout, error) {
 	f := fanout{n: n}
 	time.Sleep(o.settle)
 	var err error
@@ -250,7 +260,7 @@ func streamRun(o options, p *proc, path, delivery string, n int, change, t trigg
 		return f, err
 	}
 	cc0 := clientCPU()
-	clients, err := openStreams(p.addr, path, delivery, n, versionMarker(1))
+	clients, err := openStreams(p.addr, path, delivery, n, marker(1))
 	if err != nil {
 		return f, err
 	}
@@ -270,8 +280,9 @@ func streamRun(o options, p *proc, path, delivery string, n int, change, t trigg
 		prof.startCPU()
 	}
 	cc1 := clientCPU()
+	bytes0 := clients.bytes.Load()
 	for k := range o.streamChanges {
-		r := clients.start(versionMarker(k + 2))
+		r := clients.start(marker(k + 2))
 		if change != nil {
 			if err := change(); err != nil {
 				return f, err
@@ -290,6 +301,7 @@ func streamRun(o options, p *proc, path, delivery string, n int, change, t trigg
 		time.Sleep(200 * time.Millisecond)
 	}
 	f.clientRel = (clientCPU() - cc1) / time.Duration(o.streamChanges)
+	f.bytesRel = float64(clients.bytes.Load()-bytes0) / float64(o.streamChanges)
 	slices.Sort(f.lat)
 	cpu2, err := cpuTime(p.pid())
 	if err != nil {
@@ -409,4 +421,72 @@ func printStreams(all []fanoutRuns) {
 		}
 		fmt.Printf("| RSS idle → open | %d | %s | %s | |\n", runs.n, idleHeld(runs.floor), idleHeld(runs.module))
 	}
+}
+
+// deltasPhase measures one change of one item in a JSON list of
+// o.deltaBody bytes delivered to n SSE streams, as full versions and as
+// JSON Patch deltas, o.repeat times each, alternating: bytes on the wire
+// and the server's CPU per change, and the time to the last stream.
+func deltasPhase(o options) error {
+	o.body = o.deltaBody
+	for _, n := range o.streamNs {
+		var full, deltas []fanout
+		for i := range o.repeat {
+			for k := range 2 {
+				withDeltas := (k == 0) == (i%2 == 0)
+				f, err := deltaRun(o, n, withDeltas)
+				if err != nil {
+					return fmt.Errorf("%d SSE streams (deltas %v): %w", n, withDeltas, err)
+				}
+				if withDeltas {
+					deltas = append(deltas, f)
+				} else {
+					full = append(full, f)
+				}
+			}
+			fmt.Fprintf(os.Stderr, "%d SSE streams of a %d-byte list, run %d of %d: done\n", n, o.body, i+1, o.repeat)
+		}
+		fmt.Printf("\n## Deltas: one item of a %d-byte JSON list changed, %d SSE streams, medians of %d runs each, alternating\n\n", o.body, n, o.repeat)
+		fmt.Println("| Figure | Full versions | JSON Patch deltas | Ratio |")
+		fmt.Println("|---|---:|---:|---:|")
+		for _, fig := range []struct {
+			name string
+			get  func(fanout) float64
+			text func(float64) string
+		}{
+			{"bytes read per change, all streams", func(f fanout) float64 { return f.bytesRel }, func(v float64) string { return fmt.Sprintf("%.2f MB", v/1e6) }},
+			{"bytes read per change, per stream", func(f fanout) float64 { return f.bytesRel / float64(n) }, func(v float64) string { return fmt.Sprintf("%.0f B", v) }},
+			{"server CPU per change", figures[6].get, msText},
+			{"change to event p50", figures[1].get, msText},
+			{"change to event p99", figures[2].get, msText},
+			{"streams lost", figures[4].get, figures[4].text},
+		} {
+			a, b := median(full, fig.get), median(deltas, fig.get)
+			ratio := ""
+			if a > 0 {
+				ratio = fmt.Sprintf("%.3f×", b/a)
+			}
+			fmt.Printf("| %s | %s | %s | %s |\n", fig.name, fig.text(a), fig.text(b), ratio)
+		}
+	}
+	return nil
+}
+
+// deltaRun is one run of the deltas phase.
+func deltaRun(o options, n int, withDeltas bool) (fanout, error) {
+	st, err := startStack(o, 30*time.Second, false)
+	if err != nil {
+		return fanout{n: n}, err
+	}
+	defer st.stop()
+	path := "/list"
+	if withDeltas {
+		path += "?deltas=json-patch"
+	}
+	notify := fmt.Sprintf("http://127.0.0.1:%d/", st.ports.notify)
+	return streamRunMarked(o, st.caddy, path, "sse", n, listMarker, func() error {
+		return post("http://"+st.up.addr+"/_change", "", "", http.StatusNoContent)
+	}, func() error {
+		return post(notify, `{"topics": ["/list"]}`, notifySecret, http.StatusAccepted)
+	}, nil)
 }
