@@ -161,3 +161,39 @@ func TestIntegrationPrivateHold(t *testing.T) {
 			path, clients, run, res.answers, res.notModified, hits, float64(hits)/clients/run.Minutes())
 	}
 }
+
+// TestIntegrationPrivateHoldConditional holds a client privately on an
+// upstream that sets a cookie on every response, its 304s included: the
+// private polls are conditional on the upstream's own ETag, and the 304
+// at the end of the wait carries the newest cookie.
+func TestIntegrationPrivateHoldConditional(t *testing.T) {
+	tc := itStart(t)
+	up := newItUpstream(t)
+	itLoad(t, tc, itConfig("", itSite("interval 1s\nmax_wait 10s", up)))
+	var session, conditional atomic.Int64
+	up.setServe("/cond", func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: "session", Value: fmt.Sprint(session.Add(1))})
+		w.Header().Set("Etag", `"u1"`)
+		if r.Header.Get("If-None-Match") == `"u1"` {
+			conditional.Add(1)
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		fmt.Fprint(w, "same body")
+	})
+	c, _ := itClient(t)
+	first := itMustSend(t, c, "GET", "/cond", "Prefer", "wait=3")
+	if first.Status != http.StatusOK || first.Body != "same body" || first.Header.Get("Etag") == `"u1"` {
+		t.Fatalf("first answer: %d %q ETag %q, want 200 with the module's ETag", first.Status, first.Body, first.Header.Get("Etag"))
+	}
+	r := itMustSend(t, c, "GET", "/cond", "Prefer", "wait=3", "If-None-Match", first.Header.Get("Etag"))
+	if r.Status != http.StatusNotModified || r.Elapsed < 2500*time.Millisecond {
+		t.Fatalf("held privately: %d after %v, want 304 at the end of the wait", r.Status, r.Elapsed)
+	}
+	if got, want := r.Header.Get("Set-Cookie"), fmt.Sprintf("session=%d", session.Load()); got != want {
+		t.Errorf("304's cookie %q, want the newest, %q", got, want)
+	}
+	if conditional.Load() == 0 {
+		t.Error("no private poll sent the upstream's ETag back: want conditional polls")
+	}
+}

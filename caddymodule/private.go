@@ -71,7 +71,7 @@ func (h *Handler) servePrivately(w http.ResponseWriter, r *http.Request, next ca
 	p.route.server, _ = r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	p.route.next.Store(&next)
 	outcome, err := p.serve(w, next)
-	end := holdEnd{held: outcome != outcomeCanceled, heldFor: time.Since(start), private: true}
+	end := holdEnd{held: true, heldFor: time.Since(start), private: true}
 	repl.Set("http.longpoll.wait", int(lp.wait/time.Second))
 	repl.Set("http.longpoll.held", end.heldFor)
 	repl.Set("http.longpoll.outcome", outcome)
@@ -126,8 +126,11 @@ func (p *privateHold) serve(w http.ResponseWriter, next caddyhttp.Handler) (stri
 		case !longpoll.MatchETag(p.lp.inm, snap.ETag):
 			return outcomeChanged, writeSnapshot(w, p.r, snap, p.h.answerHeader(snap), p.lp.wait, true)
 		default:
-			p.latest, p.failed = snap, nil
 			p.cookies = snap.Header["Set-Cookie"]
+			if c := rec.Header()["Set-Cookie"]; snap == p.latest && len(c) > 0 {
+				p.cookies = c // the upstream's 304 to a conditional poll set them
+			}
+			p.latest, p.failed = snap, nil
 		}
 	}
 }
