@@ -1,0 +1,232 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+// Package cluster is the Redis side of several instances serving the same
+// watches: one instance polls a key at a time, under a lease, and writes
+// what it finds for the others to serve.
+//
+// For each watch key, in a namespace that the instances sharing watches
+// agree on, Redis holds:
+//
+//	<prefix>:lease   "<holder>:<fence>", expiring: the instance that polls
+//	<prefix>:fence   a counter: each new lease takes the next fence
+//	<prefix>:snap    hash: fence, etag, meta, body (the last representation),
+//	                 expiring after the watch's idle_ttl
+//
+// and every new representation is announced on <namespace>:changed as
+// "<key hash> <etag>". <prefix> is longpoll:<namespace>:<key hash>, the key
+// hash a SHA-256 of the namespace and the watch key (itself a hash of its
+// parts): no credential of a key is ever written to Redis.
+//
+// Fencing: a holder writes with the fence its lease was given. A write is
+// refused when the lease is another holder's, or when the stored snapshot
+// was written under a newer fence, so that a holder that lost its lease (a
+// pause, a partition) can never overwrite what its successor wrote.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// ParseURL reads a cluster URL: redis://[user:password@]host:port/db, or
+// rediss:// for TLS. Its errors never hold the password.
+func ParseURL(raw string) (*redis.Options, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Error quotes the whole URL, password and all
+		return nil, errors.New("cluster: the URL does not parse (redis://[user:password@]host:port/db)")
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return nil, fmt.Errorf("cluster: scheme %q: want redis:// or rediss:// (TLS)", u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("cluster: %s has no host", u.Redacted())
+	}
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %s: %s", u.Redacted(), strings.TrimPrefix(redactedError(err, u), "redis: "))
+	}
+	return opts, nil
+}
+
+// redactedError is err's message with u's password, if any, taken out.
+func redactedError(err error, u *url.URL) string {
+	msg := err.Error()
+	if p, ok := u.User.Password(); ok && p != "" {
+		msg = strings.ReplaceAll(msg, p, "xxxxx")
+	}
+	return msg
+}
+
+// Store is a namespace of watches in Redis.
+type Store struct {
+	rdb redis.UniversalClient
+	ns  string
+}
+
+// NewStore returns the store of namespace ns in rdb.
+func NewStore(rdb redis.UniversalClient, ns string) *Store {
+	return &Store{rdb: rdb, ns: ns}
+}
+
+// KeyHash is what Redis knows a watch key by.
+func (s *Store) KeyHash(k longpoll.Key) string {
+	h := sha256.New()
+	h.Write([]byte(s.ns))
+	h.Write([]byte{0})
+	h.Write(k[:])
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+func (s *Store) prefix(k longpoll.Key) string { return "longpoll:" + s.ns + ":" + s.KeyHash(k) }
+
+// Channel is where the namespace's new representations are announced.
+func (s *Store) Channel() string { return "longpoll:" + s.ns + ":changed" }
+
+// acquire takes the lease (KEYS[1]) for holder ARGV[1] for ARGV[2]
+// milliseconds, drawing a new fence from KEYS[2] if it was free, or renews
+// it if the holder has it. It returns the fence, or 0 if another holds it.
+var acquire = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+	local fence = redis.call('INCR', KEYS[2])
+	redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence, 'PX', ARGV[2])
+	return fence
+end
+local holder, fence = string.match(cur, '^(.*):(%d+)$')
+if holder == ARGV[1] then
+	redis.call('PEXPIRE', KEYS[1], ARGV[2])
+	return tonumber(fence)
+end
+return 0
+`)
+
+// Acquire takes the lease on k for holder, or renews it, for ttl. It
+// returns the lease's fence, or 0 if another instance holds it.
+func (s *Store) Acquire(ctx context.Context, k longpoll.Key, holder string, ttl time.Duration) (int64, error) {
+	p := s.prefix(k)
+	return acquire.Run(ctx, s.rdb, []string{p + ":lease", p + ":fence"}, holder, ttl.Milliseconds()).Int64()
+}
+
+// release gives the lease (KEYS[1]) back if holder ARGV[1] has it.
+var release = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^(.*):%d+$') == ARGV[1] then
+	return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// Release gives the lease on k back, if holder has it, so that another
+// instance with subscribers takes it at its next poll rather than after
+// the lease expires.
+func (s *Store) Release(ctx context.Context, k longpoll.Key, holder string) error {
+	return release.Run(ctx, s.rdb, []string{s.prefix(k) + ":lease"}, holder).Err()
+}
+
+// write stores a snapshot (KEYS[1]) under fence ARGV[2] for holder ARGV[1],
+// if the lease (KEYS[2]) is the holder's with that fence (or free) and no
+// newer fence wrote before, and announces it on ARGV[7] as ARGV[8] and the
+// ETag. It returns 1 if written, 0 if fenced off.
+var write = redis.NewScript(`
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[1] .. ':' .. ARGV[2] then
+	return 0
+end
+local stored = redis.call('HGET', KEYS[1], 'fence')
+if stored and tonumber(stored) > tonumber(ARGV[2]) then
+	return 0
+end
+redis.call('HSET', KEYS[1], 'fence', ARGV[2], 'etag', ARGV[3], 'meta', ARGV[4], 'body', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PUBLISH', ARGV[7], ARGV[8] .. ' ' .. ARGV[3])
+return 1
+`)
+
+// ErrFenced is returned by Write when the holder's lease is gone, or a
+// newer holder has written: the snapshot was not stored.
+var ErrFenced = errors.New("cluster: another instance holds the lease")
+
+// Write stores snap as k's representation, written by holder under fence,
+// kept for ttl after the write, and announces it. It returns ErrFenced if
+// the holder's lease is no longer its own.
+func (s *Store) Write(ctx context.Context, k longpoll.Key, holder string, fence int64, snap *longpoll.Snapshot, ttl time.Duration) error {
+	meta, err := snap.MarshalMeta()
+	if err != nil {
+		return err
+	}
+	p := s.prefix(k)
+	n, err := write.Run(ctx, s.rdb, []string{p + ":snap", p + ":lease"},
+		holder, fence, snap.ETag, meta, snap.Body, max(ttl.Milliseconds(), 1), s.Channel(), s.KeyHash(k)).Int64()
+	switch {
+	case err != nil:
+		return err
+	case n == 0:
+		return ErrFenced
+	}
+	return nil
+}
+
+// ErrNoSnapshot is returned by Read when no instance has written a
+// representation of the key (or it expired).
+var ErrNoSnapshot = errors.New("cluster: no representation stored")
+
+// Read returns k's stored representation, or have itself when the stored
+// one has have's ETag (nothing is read but the ETag then). It returns
+// ErrNoSnapshot when there is none, and an error for one that does not
+// restore (see longpoll.RestoreSnapshot).
+func (s *Store) Read(ctx context.Context, k longpoll.Key, have *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+	key := s.prefix(k) + ":snap"
+	etag, err := s.rdb.HGet(ctx, key, "etag").Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, ErrNoSnapshot
+	case err != nil:
+		return nil, err
+	case have != nil && etag == have.ETag:
+		return have, nil
+	}
+	vals, err := s.rdb.HMGet(ctx, key, "meta", "body").Result()
+	if err != nil {
+		return nil, err
+	}
+	meta, ok1 := vals[0].(string)
+	body, ok2 := vals[1].(string)
+	if !ok1 || !ok2 {
+		return nil, ErrNoSnapshot // expired between the two reads
+	}
+	return longpoll.RestoreSnapshot([]byte(meta), []byte(body))
+}
+
+// Announcement is a new representation of a key, as announced.
+type Announcement struct {
+	KeyHash, ETag string
+}
+
+// ParseAnnouncement reads a message of Channel.
+func ParseAnnouncement(payload string) (Announcement, bool) {
+	h, etag, ok := strings.Cut(payload, " ")
+	if !ok || len(h) != 32 || etag == "" {
+		return Announcement{}, false
+	}
+	return Announcement{KeyHash: h, ETag: etag}, true
+}
+
+// NewHolder returns a new holder name, unique to one run of one instance.
+func NewHolder() string {
+	var b [12]byte
+	rand.Read(b[:]) // never fails (crypto/rand, Go 1.24 and later)
+	return hex.EncodeToString(b[:])
+}
