@@ -150,6 +150,7 @@ if stored and tonumber(stored) > tonumber(ARGV[2]) then
 	return 0
 end
 redis.call('HSET', KEYS[1], 'fence', ARGV[2], 'etag', ARGV[3], 'meta', ARGV[4], 'body', ARGV[5])
+redis.call('HDEL', KEYS[1], 'failure')
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PUBLISH', ARGV[7], ARGV[8] .. ' ' .. ARGV[3])
 return 1
@@ -179,26 +180,99 @@ func (s *Store) Write(ctx context.Context, k longpoll.Key, holder string, fence 
 	return nil
 }
 
+// mark records that the holder's last poll (KEYS[1], under the lease
+// KEYS[2], by holder ARGV[1] with fence ARGV[2]) found no representation to
+// share: ARGV[3] says what, kept for ARGV[4] milliseconds, announced on
+// ARGV[5] as ARGV[6] and "!". Fenced as write is.
+var mark = redis.NewScript(`
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[1] .. ':' .. ARGV[2] then
+	return 0
+end
+local stored = redis.call('HGET', KEYS[1], 'fence')
+if stored and tonumber(stored) > tonumber(ARGV[2]) then
+	return 0
+end
+redis.call('HSET', KEYS[1], 'fence', ARGV[2], 'failure', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' !')
+return 1
+`)
+
+// Outcome kinds of a poll that found nothing to share, as Mark records
+// them.
+const (
+	markFailed      = "failed"
+	markUncacheable = "uncacheable"
+)
+
+// Mark records that the holder's poll of k failed (err is an
+// *longpoll.UpstreamError) or found a response that cannot be shared (err
+// wraps longpoll.ErrUncacheable), so that the other instances answer as it
+// does rather than from the last representation. The representation stays
+// stored for when the upstream is back. It returns ErrFenced as Write does.
+func (s *Store) Mark(ctx context.Context, k longpoll.Key, holder string, fence int64, err error, ttl time.Duration) error {
+	failure := markFailed + " 502 0"
+	var ue *longpoll.UpstreamError
+	switch {
+	case errors.Is(err, longpoll.ErrUncacheable):
+		failure = markUncacheable
+	case errors.As(err, &ue):
+		status := ue.Status
+		if status == 0 {
+			status = 502
+		}
+		failure = fmt.Sprintf("%s %d %d", markFailed, status, ue.RetryAfter.Milliseconds())
+	}
+	p := s.prefix(k)
+	n, err := mark.Run(ctx, s.rdb, []string{p + ":snap", p + ":lease"},
+		holder, fence, failure, max(ttl.Milliseconds(), 1), s.Channel(), s.KeyHash(k)).Int64()
+	switch {
+	case err != nil:
+		return err
+	case n == 0:
+		return ErrFenced
+	}
+	return nil
+}
+
+// Touch keeps k's representation for ttl more: the holder found it
+// unchanged.
+func (s *Store) Touch(ctx context.Context, k longpoll.Key, ttl time.Duration) error {
+	return s.rdb.PExpire(ctx, s.prefix(k)+":snap", max(ttl, time.Millisecond)).Err()
+}
+
 // ErrNoSnapshot is returned by Read when no instance has written a
 // representation of the key (or it expired).
 var ErrNoSnapshot = errors.New("cluster: no representation stored")
 
+// ErrHolderFailing is what Read's *longpoll.UpstreamError wraps when the
+// instance that polls the key found the upstream failing.
+var ErrHolderFailing = errors.New("cluster: the polling instance finds the upstream failing")
+
 // Read returns k's stored representation, or have itself when the stored
 // one has have's ETag (nothing is read but the ETag then). It returns
-// ErrNoSnapshot when there is none, and an error for one that does not
-// restore (see longpoll.RestoreSnapshot).
+// ErrNoSnapshot when there is none, an *longpoll.UpstreamError or an error
+// wrapping longpoll.ErrUncacheable as the polling instance found (see
+// Mark), and an error for a representation that does not restore (see
+// longpoll.RestoreSnapshot).
 func (s *Store) Read(ctx context.Context, k longpoll.Key, have *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 	key := s.prefix(k) + ":snap"
-	etag, err := s.rdb.HGet(ctx, key, "etag").Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return nil, ErrNoSnapshot
-	case err != nil:
+	vals, err := s.rdb.HMGet(ctx, key, "etag", "failure").Result()
+	if err != nil {
 		return nil, err
+	}
+	etag, _ := vals[0].(string)
+	if failure, ok := vals[1].(string); ok {
+		return nil, markError(failure)
+	}
+	switch {
+	case etag == "":
+		return nil, ErrNoSnapshot
 	case have != nil && etag == have.ETag:
 		return have, nil
 	}
-	vals, err := s.rdb.HMGet(ctx, key, "meta", "body").Result()
+	vals, err = s.rdb.HMGet(ctx, key, "meta", "body").Result()
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +284,20 @@ func (s *Store) Read(ctx context.Context, k longpoll.Key, have *longpoll.Snapsho
 	return longpoll.RestoreSnapshot([]byte(meta), []byte(body))
 }
 
+// markError is the error of a recorded failure.
+func markError(failure string) error {
+	if failure == markUncacheable {
+		return fmt.Errorf("%w: the polling instance found it so", longpoll.ErrUncacheable)
+	}
+	ue := &longpoll.UpstreamError{Status: 502, Err: ErrHolderFailing}
+	var kind string
+	var retry int64
+	if _, err := fmt.Sscanf(failure, "%s %d %d", &kind, &ue.Status, &retry); err == nil {
+		ue.RetryAfter = time.Duration(retry) * time.Millisecond
+	}
+	return ue
+}
+
 // Announcement is a new representation of a key, as announced.
 type Announcement struct {
 	KeyHash, ETag string
@@ -218,7 +306,7 @@ type Announcement struct {
 // ParseAnnouncement reads a message of Channel.
 func ParseAnnouncement(payload string) (Announcement, bool) {
 	h, etag, ok := strings.Cut(payload, " ")
-	if !ok || len(h) != 32 || etag == "" {
+	if !ok || len(h) != 32 || etag == "" { // "!": a failure, see Mark
 		return Announcement{}, false
 	}
 	return Announcement{KeyHash: h, ETag: etag}, true

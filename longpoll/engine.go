@@ -28,6 +28,15 @@ type Fetcher interface {
 	Fetch(ctx context.Context, route any, prev *Snapshot) (*Snapshot, error)
 }
 
+// An Idler is a Fetcher that is told when its watch has no subscriber left
+// (gone false: the watch is kept for idle_ttl, and may get subscribers
+// again) and when the watch is dropped (gone true: the Fetcher is not used
+// again). A cluster member gives back its lease on the key then. Idle is
+// called on a goroutine of its own, outside the engine's locks.
+type Idler interface {
+	Idle(gone bool)
+}
+
 // FetcherFunc adapts a function to the Fetcher interface.
 type FetcherFunc func(ctx context.Context, route any, prev *Snapshot) (*Snapshot, error)
 
@@ -235,10 +244,35 @@ func (e *Engine) forget(w *watch) {
 // publishes anything itself: the poll decides the new representation of each
 // key. It returns the number of watches reached.
 func (e *Engine) Notify(patterns []string) int {
+	ws := e.matching(patterns)
+	n := 0
+	for w := range ws {
+		if w.notify() {
+			n++
+		}
+	}
+	return n
+}
+
+// NotifyKey is Notify for the watch of one key: it polls as soon as it may
+// if it has subscribers, or is marked stale. It reports whether there was
+// such a watch, in service.
+func (e *Engine) NotifyKey(k Key) bool {
+	e.mu.Lock()
+	w := e.watches[k]
+	if e.closed {
+		w = nil
+	}
+	e.mu.Unlock()
+	return w != nil && w.notify()
+}
+
+// matching returns the watches of the topics that patterns match.
+func (e *Engine) matching(patterns []string) map[*watch]struct{} {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return 0
+		return nil
 	}
 	ws := make(map[*watch]struct{}) // a watch matched twice counts once
 	for _, p := range patterns {
@@ -253,11 +287,5 @@ func (e *Engine) Notify(patterns []string) int {
 		maps.Copy(ws, e.topics[p])
 	}
 	e.mu.Unlock()
-	n := 0
-	for w := range ws {
-		if w.notify() {
-			n++
-		}
-	}
-	return n
+	return ws
 }

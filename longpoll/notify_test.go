@@ -177,3 +177,54 @@ func TestNotifyAfterClose(t *testing.T) {
 		t.Errorf("Notify after Close reached %d watches, want 0", n)
 	}
 }
+
+// idleFetcher is a versionFetcher that records what its watch told it.
+type idleFetcher struct {
+	versionFetcher
+	idled chan bool
+}
+
+func (f *idleFetcher) Idle(gone bool) { f.idled <- gone }
+
+// NotifyKey polls one key's watch, not the others of its topic; an Idler
+// is told when its watch has no subscriber left, and when it is dropped.
+func TestNotifyKeyAndIdler(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e, err := longpoll.New(longpoll.Config{Interval: 30 * time.Second, PollTimeout: 5 * time.Second, IdleTTL: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		a := &idleFetcher{idled: make(chan bool, 4)}
+		b := newVersionFetcher()
+		ka, kb := longpoll.KeyOf("/o", "user a"), longpoll.KeyOf("/o", "user b")
+		subA, _ := e.Join(ka, "/o", func() longpoll.Fetcher { return a })
+		subB, _ := e.Join(kb, "/o", func() longpoll.Fetcher { return b })
+		defer subB.Close()
+		_, _ = subA.Fresh(t.Context())
+		_, _ = subB.Fresh(t.Context())
+		if !e.NotifyKey(ka) || e.NotifyKey(longpoll.KeyOf("/nothing")) {
+			t.Error("NotifyKey: want true for a watch there is, false for none")
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if a.fetches.Load() != 2 || b.fetches.Load() != 1 {
+			t.Errorf("fetches after NotifyKey(a): a %d, b %d, want 2 and 1", a.fetches.Load(), b.fetches.Load())
+		}
+		subA.Close()
+		synctest.Wait()
+		if got := <-a.idled; got {
+			t.Error("the last subscriber left: Idle(true), want Idle(false): the watch is kept")
+		}
+		time.Sleep(2 * time.Minute) // past idle_ttl: the watch is dropped
+		synctest.Wait()
+		select {
+		case gone := <-a.idled:
+			if !gone {
+				t.Error("the watch was dropped: Idle(false), want Idle(true)")
+			}
+		default:
+			t.Error("the watch was dropped: no Idle")
+		}
+	})
+}

@@ -85,6 +85,7 @@ func (w *watch) unsubscribe() {
 	if w.subs > 0 {
 		return
 	}
+	w.idled(false)
 	w.e.active.Add(-1)
 	w.e.activeBytes.Add(-w.size)
 	if !w.gone {
@@ -171,10 +172,22 @@ func (w *watch) retire() {
 // leave marks w gone and stops its timers. It must be called with e.mu and
 // w.mu held, and the caller removes w from the engine's maps.
 func (w *watch) leave() {
+	if !w.gone {
+		w.idled(true)
+	}
 	w.gone = true
 	w.timer.Stop()
 	w.idleTimer.Stop()
 	w.unaccount()
+}
+
+// idled tells the watch's Fetcher, if it is an Idler, that the watch has
+// no subscriber left, or is gone; on a goroutine of its own, never under
+// the watch's lock. It must be called with w.mu held.
+func (w *watch) idled(gone bool) {
+	if i, ok := w.fetcher.(Idler); ok {
+		go i.Idle(gone)
+	}
 }
 
 // onIdleTimer forgets the watch idle_ttl after its last subscriber left,
