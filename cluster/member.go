@@ -49,10 +49,10 @@ type Role int32
 
 // Roles.
 const (
-	RoleNone   Role = iota // not polled yet
-	RolePolls              // this instance holds the lease and polls
-	RoleFollows            // another instance polls; this one reads Redis
-	RoleAlone              // Redis is unreachable: this instance polls on its own
+	RoleNone    Role = iota // not polled yet
+	RolePolls               // this instance holds the lease and polls
+	RoleFollows             // another instance polls; this one reads Redis
+	RoleAlone               // Redis is unreachable: this instance polls on its own
 )
 
 var roleNames = [...]string{"none", "polls", "follows", "alone"}
