@@ -88,14 +88,16 @@ func (p *privateHold) serve(w http.ResponseWriter, next caddyhttp.Handler) (stri
 		if p.closed {
 			p.ends = time.Now()
 		}
-		if pollAt.After(p.ends) {
-			if p.latest != nil || p.failed != nil {
-				// polled within the last interval: nothing more to learn
-				if !p.sleepUntil(p.ends) {
-					return outcomeCanceled, nil
-				}
-				return p.timeout(w)
+		polled := p.latest != nil || p.failed != nil
+		switch {
+		case polled && (pollAt.After(p.ends) || !time.Now().Before(p.ends)):
+			// the wait ends before the next poll is due (or a slow poll
+			// took it to its end): nothing more to learn
+			if !p.sleepUntil(p.ends) {
+				return outcomeCanceled, nil
 			}
+			return p.timeout(w)
+		case pollAt.After(p.ends):
 			pollAt = p.ends // a wait shorter than an interval: one poll at its end
 		}
 		if !p.sleepUntil(pollAt) {
