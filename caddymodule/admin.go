@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-longpoll/caddy-longpoll/cluster"
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
 
@@ -90,6 +91,7 @@ type watchView struct {
 	LastChange        time.Time `json:"last_change,omitzero"`
 	ConsecutiveErrors int       `json:"consecutive_errors"`
 	ETag              string    `json:"etag,omitempty"`
+	Cluster           string    `json:"cluster,omitempty"` // with a cluster: polls, follows or alone (none before its first poll)
 }
 
 func (a *AdminWatches) serveWatches(w http.ResponseWriter, r *http.Request) error {
@@ -183,6 +185,9 @@ func (hw hubWatch) describe() watchView {
 	}
 	if !info.LastPoll.IsZero() {
 		v.LastResult = info.LastResult.String()
+	}
+	if f, ok := info.Fetcher.(*cluster.Fetcher); ok {
+		v.Cluster = f.Role().String()
 	}
 	switch {
 	case info.Passthrough:

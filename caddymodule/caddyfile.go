@@ -57,6 +57,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		compress_streams
 //		ignore        <json-pointer...>
 //		deltas        json-patch
+//		cluster       <redis-url>
 //	}
 //
 // Every subdirective is optional and may appear once.
@@ -109,6 +110,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, flag(d, &h.CompressStreams)
 		case "ignore":
 			return true, someArgs(d, &h.Ignore)
+		case "cluster":
+			var err error
+			h.Cluster, err = oneArg(d)
+			return true, err
 		case "deltas":
 			var err error
 			h.Deltas, err = oneArg(d)

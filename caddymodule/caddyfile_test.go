@@ -155,14 +155,15 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		},
 		{
 			name:  "streams",
-			input: "longpoll {\n\tsse\n\twebsocket\n\theartbeat 10s\n\tmax_streams 50\n\tmax_stream_duration 30m\n\torigins app.example.com https://*.example.org\n\tcompress_streams\n\tignore /at /items/*/updated_at\n\tdeltas json-patch\n}",
+			input: "longpoll {\n\tsse\n\twebsocket\n\theartbeat 10s\n\tmax_streams 50\n\tmax_stream_duration 30m\n\torigins app.example.com https://*.example.org\n\tcompress_streams\n\tignore /at /items/*/updated_at\n\tdeltas json-patch\n\tcluster {env.REDIS_URL}\n}",
 			want: Handler{SSE: true, WebSocket: true, Heartbeat: caddy.Duration(10 * time.Second), MaxStreams: 50,
 				MaxStreamDuration: caddy.Duration(30 * time.Minute), Origins: []string{"app.example.com", "https://*.example.org"},
-				CompressStreams: true, Ignore: []string{"/at", "/items/*/updated_at"}, Deltas: "json-patch"},
+				CompressStreams: true, Ignore: []string{"/at", "/items/*/updated_at"}, Deltas: "json-patch", Cluster: "{env.REDIS_URL}"},
 		},
 		{name: "sse with an argument", input: "longpoll {\n\tsse on\n}", wantErr: "wrong argument count"},
 		{name: "websocket twice", input: "longpoll {\n\twebsocket\n\twebsocket\n}", wantErr: "websocket already specified"},
 		{name: "ignore without a pointer", input: "longpoll {\n\tignore\n}", wantErr: "wrong argument count"},
+		{name: "cluster without a URL", input: "longpoll {\n\tcluster\n}", wantErr: "wrong argument count"},
 		{name: "deltas without a kind", input: "longpoll {\n\tdeltas\n}", wantErr: "wrong argument count"},
 		{name: "deltas with two kinds", input: "longpoll {\n\tdeltas json-patch merge-patch\n}", wantErr: "wrong argument count"},
 		{name: "compress_streams with a value", input: "longpoll {\n\tcompress_streams gzip\n}", wantErr: "wrong argument count"},
@@ -357,6 +358,8 @@ const exampleLongpollBlock = `
 		# ignore /generated_at /items/*/updated_at
 		# Stream clients that ask (?deltas=json-patch) get changes as JSON Patches. Default: off.
 		# deltas json-patch
+		# Instances with this Caddyfile share one poller per key, on Redis. Default: off.
+		# cluster {env.LONGPOLL_REDIS_URL}
 	}
 `
 

@@ -31,6 +31,7 @@ type metricSet struct {
 	polls        []prometheus.Counter // by longpoll.PollResult
 	pollDuration prometheus.Histogram
 	privatePolls prometheus.Counter
+	alone        prometheus.Gauge
 	answersVec   *prometheus.CounterVec
 	heldVec      *prometheus.HistogramVec
 	byOutcome    map[string]outcomeMetrics
@@ -57,6 +58,10 @@ func newMetricSet() *metricSet {
 			Namespace: ns, Subsystem: sub, Name: "polls_total",
 			Help: "Polls of the upstream made for held requests, by what they found: changed, unchanged, not_modified (the upstream answered 304), error, uncacheable.",
 		}, []string{"result"}),
+		alone: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "cluster_alone",
+			Help: "Engines with a cluster that cannot reach its Redis, and poll on their own meanwhile.",
+		}),
 		privatePolls: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "private_polls_total",
 			Help: "Polls of the upstream made with one client's own request, for a long-poll held privately (its watch cannot share a representation with it).",
@@ -138,7 +143,7 @@ func newMetricSet() *metricSet {
 // it) is no error.
 func (m *metricSet) register(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.pollsVec, m.privatePolls, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.eventsVec, m.endedVec, m.gauges} {
+	for _, c := range []prometheus.Collector{m.pollsVec, m.privatePolls, m.alone, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.eventsVec, m.endedVec, m.gauges} {
 		var already prometheus.AlreadyRegisteredError
 		if err := reg.Register(c); err != nil && !errors.As(err, &already) {
 			errs = append(errs, err)
@@ -264,3 +269,13 @@ var (
 	_ prometheus.Collector = gaugeCollector{}
 	_ longpoll.Observer    = pollObserver{}
 )
+
+// clusterAlone counts an engine that loses its cluster's Redis (alone) or
+// has it again.
+func (m *metricSet) clusterAlone(alone bool) {
+	if alone {
+		m.alone.Inc()
+	} else {
+		m.alone.Dec()
+	}
+}

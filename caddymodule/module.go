@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-longpoll/caddy-longpoll/cluster"
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
 
@@ -241,6 +242,17 @@ type Handler struct {
 	// `sse` or `websocket`. Default: off.
 	Deltas string `json:"deltas,omitempty"`
 
+	// Makes the Caddy instances that share this Caddyfile one system, on
+	// Redis: `redis://[user:password@]host:port/db`, or `rediss://` for
+	// TLS. Placeholders are expanded when the config loads
+	// (`{env.LONGPOLL_REDIS_URL}` keeps the password out of the config).
+	// One instance polls each key at a time, under a lease, and writes
+	// what it finds to Redis for the others; notifications reach every
+	// instance. Handlers with the same URL share one connection pool. A
+	// Redis that cannot be reached is no error: each instance then polls
+	// on its own, and they share again when it answers. Default: off.
+	Cluster string `json:"cluster,omitempty"`
+
 	// Leaves this handler out of the `caddy_longpoll_*` metrics: its
 	// requests and polls are not counted, and its held requests and watches
 	// not reported. Default: false (metrics on).
@@ -256,6 +268,7 @@ type Handler struct {
 	cleaned bool
 
 	serverName string // its server's, for the admin view
+	clusterURL string // Cluster, its placeholders expanded
 }
 
 // QueryParams names the query parameters that stand for `Prefer: wait=N`
@@ -281,6 +294,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.useLogger(ctx.Logger())
 	h.applyDefaults()
+	h.clusterURL = caddy.NewReplacer().ReplaceKnown(h.Cluster, "")
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -398,6 +412,17 @@ func (h *Handler) Validate() error {
 	}
 	check(h.Deltas != "" && h.Deltas != deltasJSONPatch, "deltas: %q is not a kind of delta; the one kind is %q", h.Deltas, deltasJSONPatch)
 	check(h.Deltas != "" && !h.SSE && !h.WebSocket, "deltas needs sse or websocket: only streams are sent deltas")
+	if h.Cluster != "" {
+		u := h.clusterURL
+		if u == "" && !strings.Contains(h.Cluster, "{") {
+			u = h.Cluster // Validate without Provision
+		}
+		if u == "" {
+			errs = append(errs, errors.New("cluster: the URL is empty once its placeholders are expanded: is the environment variable set?"))
+		} else if _, err := cluster.ParseURL(u); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if qp := h.QueryParams; qp != nil {
 		check(qp.Wait == "" || qp.ETag == "", "query_params needs both a wait and an etag parameter name")
 		check(qp.Wait != "" && qp.Wait == qp.ETag, "query_params wait and etag must differ, both are %q", qp.Wait)

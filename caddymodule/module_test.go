@@ -80,6 +80,9 @@ func TestValidate(t *testing.T) {
 		{name: "ignore pointers malformed", h: Handler{Ignore: []string{"/ok", "items/0", "/a~2"}}, wantErr: []string{`ignore: JSON pointer "items/0"`, `JSON pointer "/a~2"`}},
 		{name: "ignore pointers", h: Handler{Ignore: []string{"/generated_at", "/items/*/updated_at", "/a~1b"}}},
 		{name: "deltas on streams", h: Handler{SSE: true, Deltas: "json-patch"}},
+		{name: "cluster", h: Handler{Cluster: "rediss://app:hunter2@redis.example.com:6380/1"}},
+		{name: "cluster of another scheme", h: Handler{Cluster: "http://app:hunter2@redis.example.com"}, wantErr: []string{`cluster: scheme "http"`}},
+		{name: "cluster URL that does not parse", h: Handler{Cluster: "redis://app:hunter2 x@bad host"}, wantErr: []string{"cluster: the URL does not parse"}},
 		{name: "deltas of another kind", h: Handler{WebSocket: true, Deltas: "merge-patch"}, wantErr: []string{`deltas: "merge-patch" is not a kind of delta; the one kind is "json-patch"`}},
 		{name: "deltas without a stream", h: Handler{Deltas: "json-patch"}, wantErr: []string{"deltas needs sse or websocket"}},
 		{name: "max_memory below max_body", h: Handler{MaxBody: 2 << 20, MaxMemory: 1 << 20}, wantErr: []string{"max_memory (1048576) must be at least twice max_body (2097152)"}},
@@ -116,6 +119,9 @@ func TestValidate(t *testing.T) {
 			}
 			if err == nil {
 				t.Fatalf("Validate(%s): got no error, want one containing %q", exportedJSON(t, &h), tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("Validate: the error %q holds the cluster's password", err)
 			}
 			for _, want := range tt.wantErr {
 				if !strings.Contains(err.Error(), want) {

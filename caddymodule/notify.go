@@ -4,6 +4,7 @@
 package caddymodule
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -249,6 +250,11 @@ func (g groupNotifier) Notify(topics []string) int {
 	for _, hb := range runningHubs() {
 		if g == "" || hb.groupName() == string(g) {
 			n += hb.engine.Notify(topics)
+			if hb.member != nil {
+				// to the other instances; one that Redis does not reach
+				// polls on its own meanwhile, and catches up by polling
+				_ = hb.member.Relay(context.Background(), topics)
+			}
 		}
 	}
 	return n

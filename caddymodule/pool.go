@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-longpoll/caddy-longpoll/cluster"
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
 
@@ -51,6 +52,11 @@ type hub struct {
 	// The newest handler's settings, read without a lock. log: a hub
 	// outlives the config that made it, and its lines (an upstream failing)
 	// go where the running config's logging says.
+	// member is the hub's part in its cluster, nil without one; redisKey
+	// the key of its Redis client in redisClients
+	member   *cluster.Member
+	redisKey string
+
 	log     atomic.Pointer[zap.Logger]
 	group   atomic.Pointer[string] // its notification group
 	metrics atomic.Bool            // reported in the metrics
@@ -90,6 +96,9 @@ func (hb *hub) apply() error {
 	hb.group.Store(&n.Group)
 	hb.metrics.Store(!n.DisableMetrics)
 	hb.server.Store(&n.serverName)
+	if hb.member != nil {
+		hb.member.SetConfig(n.clusterConfig(hb))
+	}
 	return nil
 }
 
@@ -150,7 +159,7 @@ func closeAtExit(context.Context) {
 	}
 }
 
-func newHub(h *Handler, server string) (*hub, error) {
+func newHub(h *Handler, server, namespace string) (*hub, error) {
 	exitOnce.Do(func() { caddy.OnExit(closeAtExit) })
 	hb := &hub{stop: make(chan struct{}), id: hubIDs.Add(1)}
 	hb.log.Store(h.logger)
@@ -160,6 +169,15 @@ func newHub(h *Handler, server string) (*hub, error) {
 		return nil, err
 	}
 	hb.engine = e // Provision's join gives it its settings
+	if h.clusterURL != "" {
+		rdb, key, err := acquireRedis(h.clusterURL)
+		if err != nil {
+			_ = e.Close()
+			return nil, err
+		}
+		hb.redisKey = key
+		hb.member = cluster.Join(rdb, namespace, e, h.clusterConfig(hb))
+	}
 	go hb.watchExit()
 	h.logger.Info("longpoll engine started", zap.String("server", server),
 		zap.Duration("interval", time.Duration(h.Interval)), zap.Duration("max_wait", time.Duration(h.MaxWait)),
@@ -190,7 +208,12 @@ func (hb *hub) watchExit() {
 // Destruct closes the engine when the last handler using it is cleaned up.
 func (hb *hub) Destruct() error {
 	close(hb.stop)
-	return hb.engine.Close()
+	err := hb.engine.Close()
+	if hb.member != nil {
+		hb.member.Leave()
+		_, _ = redisClients.Delete(hb.redisKey)
+	}
+	return err
 }
 
 // identity is what makes a watch what it is: what selects it (the key,
@@ -205,27 +228,51 @@ type identity struct {
 	QueryParams *QueryParams `json:"query_params,omitempty"`
 }
 
-// acquireHub returns the hub for h's identity, creating it if no earlier
-// config has one. Handlers are told apart by their identity and server
-// and, among handlers with the same identity in one server, by their order.
-func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
+// watchIdentity is what hubs of h's identity are told apart by: its
+// identity, its server's addresses; with the Redis URL of its cluster,
+// which the hub's member holds (a reload that joins another cluster starts
+// a new engine).
+func watchIdentity(ctx caddy.Context, h *Handler) ([]byte, string, error) {
 	conf, err := json.Marshal(identity{Key: h.Key, Topic: h.Topic, MaxBody: h.MaxBody, QueryParams: h.QueryParams})
 	if err != nil {
 		return nil, "", err
 	}
 	// Servers provision their handlers with contexts of their own, so the
-	// ordinal below counts per server; the server's addresses keep handlers
-	// of different servers apart.
+	// ordinal counts per server; the server's addresses keep handlers of
+	// different servers apart.
 	server := ""
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		conf = append(conf, strings.Join(srv.Listen, ",")...)
 		server = srv.Name()
 	}
+	return conf, server, nil
+}
+
+// acquireHub returns the hub for h's identity, creating it if no earlier
+// config has one. Handlers are told apart by their identity and server
+// and, among handlers with the same identity in one server, by their order.
+func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
+	conf, server, err := watchIdentity(ctx, h)
+	if err != nil {
+		return nil, "", err
+	}
 	sum := sha256.Sum256(conf)
 	id := hex.EncodeToString(sum[:16])
-	key := "longpoll:" + id + "#" + strconv.Itoa(ordinal(ctx.Context, id))
+	n := strconv.Itoa(ordinal(ctx.Context, id))
+	// The cluster's namespace: what makes the watches what they are, the
+	// same on every instance with this Caddyfile whatever else a rolling
+	// deploy changes, or the group that names it.
+	namespace := id + "#" + n
+	if h.Group != "" {
+		namespace = "group:" + h.Group
+	}
+	if h.clusterURL != "" {
+		us := sha256.Sum256([]byte(h.clusterURL))
+		id += "@" + hex.EncodeToString(us[:8])
+	}
+	key := "longpoll:" + id + "#" + n
 	val, _, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newHub(h, server)
+		return newHub(h, server, namespace)
 	})
 	if err != nil {
 		return nil, "", err

@@ -165,7 +165,11 @@ func (h *Handler) admit(r *http.Request, next caddyhttp.Handler, repl *caddy.Rep
 		// Called, outside the engine's locks, when a watch is made: its
 		// polls are built from this request (never from its route, which
 		// the config in service gives).
-		return newFetcher(r, h.MaxBody)
+		f := newFetcher(r, h.MaxBody)
+		if m := h.hub.member; m != nil {
+			return m.Fetcher(key, f)
+		}
+		return f
 	})
 	if err != nil {
 		ticket.Release()

@@ -67,7 +67,7 @@ type Member struct {
 	store  *Store
 	rdb    redis.UniversalClient
 	engine Engine
-	cfg    Config
+	cfgp   atomic.Pointer[Config]
 	holder string
 	keys   sync.Map // key hash → *Fetcher, of this instance's watches
 	alone  atomic.Bool
@@ -79,26 +79,37 @@ type Member struct {
 // following its announcements until Leave. It does not wait for Redis: an
 // instance that cannot reach it polls on its own until it can.
 func Join(rdb redis.UniversalClient, ns string, engine Engine, cfg Config) *Member {
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Member{
+		store: NewStore(rdb, ns), rdb: rdb, engine: engine,
+		holder: NewHolder(), stop: cancel, done: make(chan struct{}),
+	}
+	m.SetConfig(cfg)
+	go m.follow(ctx)
+	return m
+}
+
+// SetConfig makes cfg the member's configuration, for the polls to come.
+func (m *Member) SetConfig(cfg Config) {
 	if cfg.OpTimeout <= 0 {
 		cfg.OpTimeout = 500 * time.Millisecond
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m := &Member{
-		store: NewStore(rdb, ns), rdb: rdb, engine: engine, cfg: cfg,
-		holder: NewHolder(), stop: cancel, done: make(chan struct{}),
-	}
-	go m.follow(ctx)
-	return m
+	m.cfgp.Store(&cfg)
 }
+
+func (m *Member) cfg() *Config { return m.cfgp.Load() }
 
 // Leave stops following the namespace. The leases this instance holds
 // expire (its Fetchers give them back as their watches go idle).
 func (m *Member) Leave() {
 	m.stop()
 	<-m.done
+	if m.alone.Load() && m.cfg().Alone != nil {
+		m.cfg().Alone(false) // no longer counted
+	}
 }
 
 // NotifyChannel is where notifications are relayed to every instance of
@@ -106,16 +117,22 @@ func (m *Member) Leave() {
 // [...]}. An application may publish there itself.
 func (m *Member) NotifyChannel() string { return "longpoll:" + m.store.ns + ":notify" }
 
-// Relay publishes a notification's topics for every instance of the
-// namespace, this one included (it gets its own message back).
+// relayed is a notification as the notify channel carries it. From names
+// the member that relayed it, which leaves it alone; an application that
+// publishes there itself leaves it out.
+type relayed struct {
+	Topics []string `json:"topics"`
+	From   string   `json:"from,omitempty"`
+}
+
+// Relay publishes a notification's topics for the other instances of the
+// namespace (this one notifies its own engine itself).
 func (m *Member) Relay(ctx context.Context, topics []string) error {
-	b, err := json.Marshal(struct {
-		Topics []string `json:"topics"`
-	}{topics})
+	b, err := json.Marshal(relayed{Topics: topics, From: m.holder})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.OpTimeout)
+	ctx, cancel := context.WithTimeout(ctx, m.cfg().OpTimeout)
 	defer cancel()
 	return m.rdb.Publish(ctx, m.NotifyChannel(), b).Err()
 }
@@ -143,10 +160,8 @@ func (m *Member) follow(ctx context.Context) {
 // received acts on one message of the namespace.
 func (m *Member) received(msg *redis.Message) {
 	if msg.Channel == m.NotifyChannel() {
-		var n struct {
-			Topics []string `json:"topics"`
-		}
-		if err := json.Unmarshal([]byte(msg.Payload), &n); err == nil && len(n.Topics) > 0 && len(n.Topics) <= 1000 {
+		var n relayed
+		if err := json.Unmarshal([]byte(msg.Payload), &n); err == nil && n.From != m.holder && len(n.Topics) > 0 && len(n.Topics) <= 1000 {
 			m.engine.Notify(n.Topics)
 		}
 		return
@@ -164,18 +179,18 @@ func (m *Member) received(msg *redis.Message) {
 // the transitions only.
 func (m *Member) together() {
 	if m.alone.CompareAndSwap(true, false) {
-		m.cfg.Logger.Warn("cluster: Redis answers again; polling shared with the other instances")
-		if m.cfg.Alone != nil {
-			m.cfg.Alone(false)
+		m.cfg().Logger.Warn("cluster: Redis answers again; polling shared with the other instances")
+		if m.cfg().Alone != nil {
+			m.cfg().Alone(false)
 		}
 	}
 }
 
 func (m *Member) apart(err error) {
 	if m.alone.CompareAndSwap(false, true) {
-		m.cfg.Logger.Error("cluster: Redis unreachable; this instance polls on its own until it answers", zap.Error(err))
-		if m.cfg.Alone != nil {
-			m.cfg.Alone(true)
+		m.cfg().Logger.Error("cluster: Redis unreachable; this instance polls on its own until it answers", zap.Error(err))
+		if m.cfg().Alone != nil {
+			m.cfg().Alone(true)
 		}
 	}
 }
@@ -205,12 +220,12 @@ type Fetcher struct {
 // Role says what this instance did for the watch at its last poll.
 func (f *Fetcher) Role() Role { return Role(f.role.Load()) }
 
-func (f *Fetcher) leaseTTL() time.Duration { return max(3*f.m.cfg.Interval, 3*time.Second) }
+func (f *Fetcher) leaseTTL() time.Duration { return max(3*f.m.cfg().Interval, 3*time.Second) }
 
 // Fetch implements longpoll.Fetcher.
 func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 	m := f.m
-	opCtx, cancel := context.WithTimeout(ctx, m.cfg.OpTimeout)
+	opCtx, cancel := context.WithTimeout(ctx, m.cfg().OpTimeout)
 	fence, err := m.store.Acquire(opCtx, f.k, m.holder, f.leaseTTL())
 	cancel()
 	if err != nil {
@@ -226,7 +241,7 @@ func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot)
 		return snap, err
 	}
 	f.role.Store(int32(RoleFollows))
-	opCtx, cancel = context.WithTimeout(ctx, m.cfg.OpTimeout)
+	opCtx, cancel = context.WithTimeout(ctx, m.cfg().OpTimeout)
 	snap, err := m.store.Read(opCtx, f.k, prev)
 	cancel()
 	var ue *longpoll.UpstreamError
@@ -248,7 +263,7 @@ func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot)
 // unchanged one only has its expiry moved.
 func (f *Fetcher) share(fence int64, snap *longpoll.Snapshot, err error) {
 	m := f.m
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.OpTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg().OpTimeout)
 	defer cancel()
 	var werr error
 	switch {
@@ -258,13 +273,13 @@ func (f *Fetcher) share(fence int64, snap *longpoll.Snapshot, err error) {
 			return // the route is not ready, or the like: nothing to say
 		}
 		f.written.Store("")
-		werr = m.store.Mark(ctx, f.k, m.holder, fence, err, m.cfg.SnapshotTTL)
+		werr = m.store.Mark(ctx, f.k, m.holder, fence, err, m.cfg().SnapshotTTL)
 	case snap.Private:
 		return
 	case snap.ETag == f.written.Load():
-		werr = m.store.Touch(ctx, f.k, m.cfg.SnapshotTTL)
+		werr = m.store.Touch(ctx, f.k, m.cfg().SnapshotTTL)
 	default:
-		if werr = m.store.Write(ctx, f.k, m.holder, fence, snap, m.cfg.SnapshotTTL); werr == nil {
+		if werr = m.store.Write(ctx, f.k, m.holder, fence, snap, m.cfg().SnapshotTTL); werr == nil {
 			f.written.Store(snap.ETag)
 		}
 	}
@@ -282,7 +297,7 @@ func (f *Fetcher) share(fence int64, snap *longpoll.Snapshot, err error) {
 // its lease back, so that an instance whose clients still wait takes it at
 // once rather than when it expires.
 func (f *Fetcher) Idle(gone bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), f.m.cfg.OpTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), f.m.cfg().OpTimeout)
 	defer cancel()
 	_ = f.m.store.Release(ctx, f.k, f.m.holder)
 	f.written.Store("")

@@ -107,6 +107,10 @@ type WatchInfo struct {
 	ETag string
 	// Passthrough: see State.
 	Passthrough bool
+	// Fetcher is the watch's Fetcher, nil before its first subscriber
+	// made it: an adapter may ask its own Fetchers more (a cluster
+	// member's, whether this instance polls).
+	Fetcher Fetcher
 }
 
 // Watches returns every watch the engine keeps, in no particular order, as
@@ -134,7 +138,7 @@ func (w *watch) info() (WatchInfo, bool) {
 	info := WatchInfo{
 		Key: w.key, Topic: w.topic, Waiters: w.subs, Streams: w.streams,
 		LastPoll: w.lastPoll, LastResult: w.lastResult, LastChange: st.Since,
-		Failures: w.failures, Passthrough: st.Passthrough,
+		Failures: w.failures, Passthrough: st.Passthrough, Fetcher: w.fetcher,
 	}
 	if st.Snapshot != nil {
 		info.ETag = st.Snapshot.ETag
