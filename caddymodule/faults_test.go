@@ -588,7 +588,17 @@ func TestFaultsReloadStorm(t *testing.T) {
 	for held.Load() < clients {
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(time.Second) // every request in its hold
+	// every request in its hold, as the server counts them: a request
+	// still on its way when the reload closes the old listener is not
+	// what this test is about
+	deadline := time.Now().Add(30 * time.Second)
+	for p.metric(t, "caddy_longpoll_held_requests") < clients {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v requests held after 30s, want %d", p.metric(t, "caddy_longpoll_held_requests"), clients)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
 	cfg := fmt.Sprintf("{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n}\n\n%s {\n%s}\n",
 		strings.TrimPrefix(p.admin, "http://"), p.base, fmt.Sprintf(site, "2s"))
 	resp, err := http.Post(p.admin+"/load", "text/caddyfile", strings.NewReader(cfg))

@@ -28,8 +28,10 @@ type Engine interface {
 
 // Config is how a Member works.
 type Config struct {
-	// Interval is the engine's poll interval: a lease lasts three, so that
-	// an instance that dies is replaced within a few intervals.
+	// Interval is the engine's poll interval: a lease lasts three (and 3s
+	// at least), so that an instance that dies is replaced within a few
+	// intervals. A poll slower than that loses its lease: another instance
+	// polls too, and the slow one's write is fenced off.
 	Interval time.Duration
 	// SnapshotTTL is how long a representation is kept in Redis after it
 	// was last written or confirmed: the watches' idle_ttl.
