@@ -29,10 +29,11 @@ type redisProc struct {
 	exited chan struct{}
 }
 
-// startRedis starts redis-server on port (0: a free one), and stops it by
-// PID when the test ends. Without redis-server the test is skipped, unless
-// LONGPOLL_CLUSTER_TEST=required (CI), which makes it fail.
-func startRedis(t *testing.T, port int) *redisProc {
+// startRedis starts redis-server on port (0: a free one), with extra
+// arguments, and stops it by PID when the test ends. Without redis-server
+// the test is skipped, unless LONGPOLL_CLUSTER_TEST=required (CI), which
+// makes it fail.
+func startRedis(t *testing.T, port int, extra ...string) *redisProc {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts redis-server and Caddy processes")
@@ -48,8 +49,8 @@ func startRedis(t *testing.T, port int) *redisProc {
 		port = freeTCPPort(t)
 	}
 	r := &redisProc{port: port, exited: make(chan struct{})}
-	r.cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--loglevel", "warning")
+	r.cmd = exec.Command(bin, append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--loglevel", "warning"}, extra...)...)
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -414,4 +415,44 @@ func watchRole(t *testing.T, p *caddyProc) string {
 		t.Fatalf("admin view: %v, %d watches", err, len(view.Watches))
 	}
 	return view.Watches[0].Cluster
+}
+
+// TestClusterACLUser joins a cluster as a Redis ACL user allowed only the
+// longpoll: keys and channels: the module needs no more. An instance with
+// a wrong password polls alone, says so in its metrics, and never writes
+// the password in its log.
+func TestClusterACLUser(t *testing.T) {
+	r := startRedis(t, 0, "--user", "app", "on", ">s3cret-pw", "~longpoll:*", "&longpoll:*", "+@all")
+	up := newClusterUpstream(t)
+	url := func(pw string) string { return fmt.Sprintf("redis://app:%s@127.0.0.1:%d/0", pw, r.port) }
+	site := "\tlongpoll {\n\t\tcluster %s\n\t\tgroup orders\n\t}\n\treverse_proxy " + strings.TrimPrefix(up.srv.URL, "http://") + "\n"
+	good := startCaddy(t, "", fmt.Sprintf(site, url("s3cret-pw")))
+	bad := startCaddy(t, "", fmt.Sprintf(site, url("wrong-pw")))
+	c := faultClient(t)
+	for _, p := range []*caddyProc{good, bad} {
+		req, _ := http.NewRequest("GET", p.base+"/orders", nil)
+		req.Header.Set("Prefer", "wait=1")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d, want 200", p.base, resp.StatusCode)
+		}
+	}
+	if role := watchRole(t, good); role != "polls" {
+		t.Errorf("the ACL user's instance: %q, want polls", role)
+	}
+	if role := watchRole(t, bad); role != "alone" {
+		t.Errorf("the instance with a wrong password: %q, want alone", role)
+	}
+	if got := bad.metric(t, "caddy_longpoll_cluster_alone"); got != 1 {
+		t.Errorf("cluster_alone with a wrong password: %v, want 1", got)
+	}
+	for _, p := range []*caddyProc{good, bad} {
+		if logs := p.logs(); strings.Contains(logs, "s3cret-pw") || strings.Contains(logs, "wrong-pw") {
+			t.Errorf("%s logged a password", p.base)
+		}
+	}
 }

@@ -89,7 +89,7 @@ func main() {
 	flag.DurationVar(&o.shortFor, "shortpoll", 10*time.Second, "length of the short-polling run of the upstream phase")
 	flag.IntVar(&o.repeat, "repeat", 3, "fan-out runs per N and server (the table shows medians)")
 	flag.IntVar(&o.rounds, "rounds", 5, "rounds of 2s per route in the pass-through phase")
-	phases := flag.String("phases", "fanout,upstream,passthrough,streams", "phases to run: fanout, upstream, passthrough, streams, deltas")
+	phases := flag.String("phases", "fanout,upstream,passthrough,streams", "phases to run: fanout, upstream, passthrough, streams, deltas, cluster")
 	flag.IntVar(&o.deltaBody, "delta-body", 200<<10, "size of the JSON list of the deltas phase, in bytes")
 	flag.StringVar(&o.pprof, "pprof", "", "folder to save Caddy's heap profile (held) and CPU profile (release) in, per N")
 	flag.Parse()
@@ -196,6 +196,11 @@ func run(o options) error {
 	if o.phases["streams"] {
 		if err := streamsPhase(o); err != nil {
 			return fmt.Errorf("streams phase: %w", err)
+		}
+	}
+	if o.phases["cluster"] {
+		if err := clusterPhase(o); err != nil {
+			return fmt.Errorf("cluster phase: %w", err)
 		}
 	}
 	if o.phases["deltas"] {

@@ -248,6 +248,11 @@ const notifySecret = "loadtest-secret"
 // -write-idle gives it; "" leaves Caddy's default.
 var writeIdle string
 
+// clusterURL, when set, puts the Caddy under test in a cluster on that
+// Redis (the cluster phase), in one group: the instances listen on ports
+// of their own.
+var clusterURL string
+
 // caddyConfig is the Caddyfile of the Caddy under test. The plain server
 // is the longpoll server without the longpoll directive, for the
 // pass-through and short-polling comparisons; the notify endpoint has a
@@ -279,7 +284,7 @@ http://127.0.0.1:%d {
 		websocket
 		max_streams 100000
 		heartbeat 10m
-		deltas json-patch
+		deltas json-patch%s
 	}
 	reverse_proxy %s
 }
@@ -293,7 +298,7 @@ http://127.0.0.1:%d {
 		secret %s
 	}
 }
-`, admin, p.longpoll, interval, upstream, p.plain, upstream, p.notify, notifySecret)
+`, admin, p.longpoll, interval, clusterLines(), upstream, p.plain, upstream, p.notify, notifySecret)
 }
 
 // startCaddy starts the Caddy binary bin in front of upstream.
@@ -458,4 +463,12 @@ func stats(upstream string) (upstreamStats, error) {
 	}
 	defer resp.Body.Close()
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// clusterLines are the longpoll block's cluster settings, if any.
+func clusterLines() string {
+	if clusterURL == "" {
+		return ""
+	}
+	return "\n\t\tcluster " + clusterURL + "\n\t\tgroup load"
 }
