@@ -254,12 +254,18 @@ func waitAllSaw(t *testing.T, clients []*clusterClient, v int64, changedAt time.
 func TestClusterOnePollerPerKey(t *testing.T) {
 	r := startRedis(t, 0)
 	up := newClusterUpstream(t)
-	procs := startCluster(t, 3, r, up, "\t\tinterval 1s\n")
+	procs := startCluster(t, 3, r, up, "\t\tinterval 1s\n\t\tsse\n")
 	ctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	clients := followAll(ctx, t, procs, 4, "/orders", "5", &wg)
 	defer func() { cancel(); wg.Wait() }()
 	waitAllSaw(t, clients, 1, time.Now(), 10*time.Second)
+	// an event stream on each instance, of the same key: served from the
+	// cluster's representations alike
+	var streams []chan string
+	for _, p := range procs {
+		streams = append(streams, openClusterSSE(ctx, t, p.base+"/orders", "Bearer user-0"))
+	}
 
 	time.Sleep(2 * time.Second) // the first polls, which may overlap, are over
 	before := up.hits.Load()
@@ -284,6 +290,22 @@ func TestClusterOnePollerPerKey(t *testing.T) {
 	up.version.Store(2)
 	if d := waitAllSaw(t, clients, 2, changed, 10*time.Second); d > 2*time.Second {
 		t.Errorf("the last client got the change %v after it, want within an interval and a second", d)
+	}
+	for i, events := range streams {
+		want := `{"user": "Bearer user-0", "version": 2}`
+		deadline := time.After(10 * time.Second)
+	next:
+		for {
+			select {
+			case data := <-events:
+				if data == want {
+					break next
+				}
+			case <-deadline:
+				t.Errorf("the event stream on instance %d did not get version 2", i)
+				break next
+			}
+		}
 	}
 	for _, cc := range clients {
 		if len(cc.problems) > 0 {
@@ -455,4 +477,35 @@ func TestClusterACLUser(t *testing.T) {
 			t.Errorf("%s logged a password", p.base)
 		}
 	}
+}
+
+// openClusterSSE opens an event stream of url as user, with the Host every
+// instance shares, and returns the data of its events until ctx ends.
+func openClusterSSE(ctx context.Context, t *testing.T, url, user string) chan string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	req.Host = "127.0.0.1:443"
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Authorization", user)
+	resp, err := faultClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("event stream: %d", resp.StatusCode)
+	}
+	events := make(chan string, 100)
+	go func() {
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				select {
+				case events <- data:
+				default:
+				}
+			}
+		}
+	}()
+	return events
 }

@@ -172,7 +172,9 @@ func (m *Member) received(msg *redis.Message) {
 	if !ok {
 		return
 	}
-	if f, ok := m.keys.Load(a.KeyHash); ok {
+	// The instance that polls the key wrote it: its own announcement is
+	// no news to it (a poll for it would cost the upstream one more).
+	if f, ok := m.keys.Load(a.KeyHash); ok && f.(*Fetcher).Role() != RolePolls {
 		m.engine.NotifyKey(f.(*Fetcher).k)
 	}
 }
@@ -217,6 +219,7 @@ type Fetcher struct {
 	inner   longpoll.Fetcher
 	role    atomic.Int32
 	written atomic.Value // string: the ETag this instance stored last
+	fetched atomic.Int64 // when Fetch was last called, Unix nanoseconds
 }
 
 // Role says what this instance did for the watch at its last poll.
@@ -227,6 +230,7 @@ func (f *Fetcher) leaseTTL() time.Duration { return max(3*f.m.cfg().Interval, 3*
 // Fetch implements longpoll.Fetcher.
 func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot) (*longpoll.Snapshot, error) {
 	m := f.m
+	f.fetched.Store(time.Now().UnixNano())
 	opCtx, cancel := context.WithTimeout(ctx, m.cfg().OpTimeout)
 	fence, err := m.store.Acquire(opCtx, f.k, m.holder, f.leaseTTL())
 	cancel()
@@ -297,13 +301,28 @@ func (f *Fetcher) share(fence int64, snap *longpoll.Snapshot, err error) {
 
 // Idle implements longpoll.Idler: a watch with no subscriber left gives
 // its lease back, so that an instance whose clients still wait takes it at
-// once rather than when it expires.
+// once rather than when it expires. Not at the instant: a change answers
+// every held request of a watch at once, and its clients come straight
+// back; the lease is given back only if the watch has not polled for two
+// intervals since (or at once, for a watch dropped).
 func (f *Fetcher) Idle(gone bool) {
+	if gone {
+		f.release()
+		f.m.keys.CompareAndDelete(f.m.store.KeyHash(f.k), f)
+		return
+	}
+	idled := time.Now().UnixNano()
+	time.AfterFunc(2*f.m.cfg().Interval, func() {
+		if f.fetched.Load() < idled {
+			f.release()
+		}
+	})
+}
+
+// release gives the lease on the watch's key back, if this instance has it.
+func (f *Fetcher) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), f.m.cfg().OpTimeout)
 	defer cancel()
 	_ = f.m.store.Release(ctx, f.k, f.m.holder)
 	f.written.Store("")
-	if gone {
-		f.m.keys.CompareAndDelete(f.m.store.KeyHash(f.k), f)
-	}
 }

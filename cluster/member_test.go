@@ -290,3 +290,30 @@ func waitSubscribed(t *testing.T, mr *miniredis.Miniredis, channel string, n int
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The instance that polls a key is not woken by its own announcement: that
+// would cost the upstream a poll more per change.
+func TestOwnAnnouncementIgnored(t *testing.T) {
+	mr := miniredis.RunT(t)
+	up := &upstream{}
+	up.version.Store(1)
+	k := longpoll.KeyOf("GET", "/orders")
+	e, err := longpoll.New(longpoll.Config{Interval: time.Hour, PollTimeout: 2 * time.Second, IdleTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	m := cluster.Join(redisClient(t, mr), "ns", e, cluster.Config{Interval: time.Hour, SnapshotTTL: time.Hour})
+	defer m.Leave()
+	waitSubscribed(t, mr, m.NotifyChannel(), 1)
+	in := &instance{e: e, m: m}
+	sub, f := in.join(t, k, up)
+	defer sub.Close()
+	if f.Role() != cluster.RolePolls {
+		t.Fatalf("role %v, want polls", f.Role())
+	}
+	time.Sleep(500 * time.Millisecond) // the announcement of the first write has come back
+	if got := up.polls.Load(); got != 1 {
+		t.Errorf("%d upstream polls at interval 1h after the first, want 1: the poller was woken by its own announcement", got)
+	}
+}

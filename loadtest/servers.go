@@ -280,6 +280,7 @@ http://127.0.0.1:%d {
 		interval %s
 		max_wait 5m
 		max_waiters 100000
+		max_watches_per_client -1
 		sse
 		websocket
 		max_streams 100000
