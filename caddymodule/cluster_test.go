@@ -6,8 +6,15 @@ package caddymodule
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -508,4 +515,83 @@ func openClusterSSE(ctx context.Context, t *testing.T, url, user string) chan st
 		}
 	}()
 	return events
+}
+
+// TestClusterTLS joins a cluster over TLS (rediss://) to a redis-server
+// whose certificate a CA of the test's signs, which the Caddy process
+// trusts as a system root (SSL_CERT_FILE): no verification is skipped.
+func TestClusterTLS(t *testing.T) {
+	dir := t.TempDir()
+	caFile, certFile, keyFile := writeTestCerts(t, dir)
+	tlsPort := freeTCPPort(t)
+	r := startRedis(t, 0, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no")
+	defer r.stop()
+	up := newClusterUpstream(t)
+	t.Setenv("SSL_CERT_FILE", caFile) // the Caddy processes' roots
+	site := fmt.Sprintf("\tlongpoll {\n\t\tcluster rediss://127.0.0.1:%d/0\n\t\tgroup orders\n\t}\n\treverse_proxy %s\n",
+		tlsPort, strings.TrimPrefix(up.srv.URL, "http://"))
+	procs := []*caddyProc{startCaddy(t, "", site), startCaddy(t, "", site)}
+	c := faultClient(t)
+	for _, p := range procs {
+		req, _ := http.NewRequest("GET", p.base+"/orders", nil)
+		req.Host = "127.0.0.1:443"
+		req.Header.Set("Prefer", "wait=1")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	roles := map[string]int{}
+	for _, p := range procs {
+		roles[watchRole(t, p)]++
+	}
+	if roles["polls"] != 1 || roles["follows"] != 1 {
+		t.Errorf("roles over TLS: %v, want one instance polling and one following", roles)
+	}
+	polls := procs[0].metric(t, `caddy_longpoll_cluster_watches{role="polls"}`) + procs[1].metric(t, `caddy_longpoll_cluster_watches{role="polls"}`)
+	follows := procs[0].metric(t, `caddy_longpoll_cluster_watches{role="follows"}`) + procs[1].metric(t, `caddy_longpoll_cluster_watches{role="follows"}`)
+	if polls != 1 || follows != 1 {
+		t.Errorf("cluster_watches: %v polling and %v following over both instances, want 1 and 1", polls, follows)
+	}
+}
+
+// writeTestCerts writes a CA, and a certificate for 127.0.0.1 it signs,
+// into dir, and returns their files.
+func writeTestCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "longpoll test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	caFile, certFile, keyFile = dir+"/ca.pem", dir+"/cert.pem", dir+"/key.pem"
+	for file, block := range map[string]*pem.Block{
+		caFile: {Type: "CERTIFICATE", Bytes: caDER}, certFile: {Type: "CERTIFICATE", Bytes: der},
+		keyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return caFile, certFile, keyFile
 }

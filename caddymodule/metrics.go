@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/caddy-longpoll/caddy-longpoll/cluster"
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
 
@@ -110,6 +111,8 @@ func newMetricSet() *metricSet {
 				"Watches kept, by state: active (polling for held requests) or idle (kept warm for idle_ttl).", []string{"state"}, nil),
 			bytes: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "watch_bytes"),
 				"Memory the watches hold (representations, and about 1 KiB a watch), as counted against max_memory.", nil, nil),
+			clusterWatches: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "cluster_watches"),
+				"Watches of engines with a cluster, by what this instance did at their last poll: polls (it holds the key's lease), follows (another instance polls; this one reads Redis), alone (Redis could not be reached), none (no poll yet).", []string{"role"}, nil),
 			streams: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "streams"),
 				"Streams open now, by delivery: sse, websocket.", []string{"delivery"}, nil),
 		},
@@ -229,7 +232,7 @@ func (o pollObserver) Evicted(n int) {
 // hub with metrics on, read when the metrics are scraped: nothing is counted
 // on the request path, and a gauge cannot drift from what it measures.
 type gaugeCollector struct {
-	held, watches, bytes, streams *prometheus.Desc
+	held, watches, bytes, streams, clusterWatches *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -238,13 +241,24 @@ func (c gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.watches
 	ch <- c.bytes
 	ch <- c.streams
+	ch <- c.clusterWatches
 }
 
 // Collect implements prometheus.Collector.
 func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	var held, active, all int
 	var bytes, sse, ws int64
+	var roles [4]int // by cluster.Role
+	clustered := false
 	for _, hb := range runningHubs() {
+		if hb.metrics.Load() && hb.member != nil {
+			clustered = true
+			for info := range hb.engine.Watches() {
+				if f, ok := info.Fetcher.(*cluster.Fetcher); ok && int(f.Role()) < len(roles) {
+					roles[f.Role()]++
+				}
+			}
+		}
 		if hb.metrics.Load() {
 			st := hb.engine.Stats()
 			held += hb.limiter.Held()
@@ -257,6 +271,11 @@ func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(sse), deliverySSE)
 	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(ws), deliveryWebSocket)
+	if clustered {
+		for r, n := range roles {
+			ch <- prometheus.MustNewConstMetric(c.clusterWatches, prometheus.GaugeValue, float64(n), cluster.Role(r).String())
+		}
+	}
 	ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(held))
 	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(bytes))
 	ch <- prometheus.MustNewConstMetric(c.watches, prometheus.GaugeValue, float64(active), "active")
