@@ -234,6 +234,10 @@ func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot)
 	opCtx, cancel := context.WithTimeout(ctx, m.cfg().OpTimeout)
 	fence, err := m.store.Acquire(opCtx, f.k, m.holder, f.leaseTTL())
 	cancel()
+	if err != nil && ctx.Err() != nil {
+		// the poll was called off (the engine closes): no news of Redis
+		return nil, &longpoll.UpstreamError{Err: ctx.Err()}
+	}
 	if err != nil {
 		m.apart(err)
 		f.role.Store(int32(RoleAlone))
@@ -258,6 +262,8 @@ func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot)
 		// The holder has found nothing yet (its first poll is under way):
 		// this once, poll as well, which costs the upstream one request.
 		return f.inner.Fetch(ctx, route, prev)
+	case ctx.Err() != nil:
+		return nil, &longpoll.UpstreamError{Err: ctx.Err()}
 	}
 	m.apart(err)
 	f.role.Store(int32(RoleAlone))
