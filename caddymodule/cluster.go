@@ -49,6 +49,16 @@ func acquireRedis(url string) (*redis.Client, string, error) {
 	return val.(redisClient).Client, key, nil
 }
 
+// notifyChannel is the channel that relays the notifications of h's
+// cluster: the group's, where an application may publish too, or the
+// namespace's.
+func notifyChannel(h *Handler, namespace string) string {
+	if h.Group != "" {
+		return "longpoll:group:" + h.Group + ":notify"
+	}
+	return "longpoll:" + namespace + ":notify"
+}
+
 // clusterConfig is the member configuration for h's settings.
 func (h *Handler) clusterConfig(hb *hub) cluster.Config {
 	return cluster.Config{

@@ -129,8 +129,8 @@ func newClusterUpstream(t *testing.T) *clusterUpstream {
 // front of up, in one cluster on r.
 func startCluster(t *testing.T, n int, r *redisProc, up *clusterUpstream, settings string) []*caddyProc {
 	t.Helper()
-	// group names the namespace: the processes listen on ports of their
-	// own here, where instances on several hosts would share addresses
+	// the same block on every instance: one namespace (the group names
+	// the channel an application may publish notifications on)
 	site := fmt.Sprintf("\tlongpoll {\n\t\tcluster %s\n\t\tgroup orders\n%s\t}\n\treverse_proxy %s\n",
 		r.url(), settings, strings.TrimPrefix(up.srv.URL, "http://"))
 	procs := make([]*caddyProc, n)

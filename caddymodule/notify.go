@@ -251,9 +251,10 @@ func (g groupNotifier) Notify(topics []string) int {
 		if g == "" || hb.groupName() == string(g) {
 			n += hb.engine.Notify(topics)
 			if hb.member != nil {
-				// to the other instances; one that Redis does not reach
+				// to the other instances, without holding up the answer
+				// (bounded all the same); one that Redis does not reach
 				// polls on its own meanwhile, and catches up by polling
-				_ = hb.member.Relay(context.Background(), topics)
+				go func() { _ = hb.member.Relay(context.Background(), topics) }()
 			}
 		}
 	}

@@ -176,7 +176,7 @@ func newHub(h *Handler, server, namespace string) (*hub, error) {
 			return nil, err
 		}
 		hb.redisKey = key
-		hb.member = cluster.Join(rdb, namespace, e, h.clusterConfig(hb))
+		hb.member = cluster.Join(rdb, namespace, notifyChannel(h, namespace), e, h.clusterConfig(hb))
 	}
 	go hb.watchExit()
 	h.logger.Info("longpoll engine started", zap.String("server", server),
@@ -260,11 +260,17 @@ func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
 	id := hex.EncodeToString(sum[:16])
 	n := strconv.Itoa(ordinal(ctx.Context, id))
 	// The cluster's namespace: what makes the watches what they are, the
-	// same on every instance with this Caddyfile whatever else a rolling
-	// deploy changes, or the group that names it.
-	namespace := id + "#" + n
+	// server's name and the handler's place among its like: the same on
+	// every instance with this Caddyfile, wherever it listens and whatever
+	// else a rolling deploy changes; two handlers whose keys could
+	// collide never share one. A group names it too, which keeps two
+	// deployments of one Caddyfile apart on one Redis, and names the
+	// channel on which an application may publish notifications.
+	nsConf, _ := json.Marshal(identity{Key: h.Key, Topic: h.Topic, MaxBody: h.MaxBody, QueryParams: h.QueryParams})
+	nsSum := sha256.Sum256(append(append(nsConf, 0), server...))
+	namespace := hex.EncodeToString(nsSum[:16]) + "#" + n
 	if h.Group != "" {
-		namespace = "group:" + h.Group
+		namespace = "group:" + h.Group + ":" + namespace
 	}
 	if h.clusterURL != "" {
 		us := sha256.Sum256([]byte(h.clusterURL))

@@ -129,8 +129,8 @@ func (p *privateHold) serve(w http.ResponseWriter, next caddyhttp.Handler) (stri
 			return outcomeChanged, writeSnapshot(w, p.r, snap, p.h.answerHeader(snap), p.lp.wait, true)
 		default:
 			p.cookies = snap.Header["Set-Cookie"]
-			if c := rec.Header()["Set-Cookie"]; snap == p.latest && len(c) > 0 {
-				p.cookies = c // the upstream's 304 to a conditional poll set them
+			if snap == p.latest {
+				p.cookies = rec.Header()["Set-Cookie"] // the upstream's 304's own, if any
 			}
 			p.latest, p.failed = snap, nil
 		}

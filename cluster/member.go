@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,7 @@ type Member struct {
 	engine Engine
 	cfgp   atomic.Pointer[Config]
 	holder string
+	notify string   // the channel of relayed notifications
 	keys   sync.Map // key hash → *Fetcher, of this instance's watches
 	alone  atomic.Bool
 	stop   context.CancelFunc
@@ -78,12 +80,13 @@ type Member struct {
 }
 
 // Join makes engine's watches members of namespace ns in rdb, and starts
-// following its announcements until Leave. It does not wait for Redis: an
-// instance that cannot reach it polls on its own until it can.
-func Join(rdb redis.UniversalClient, ns string, engine Engine, cfg Config) *Member {
+// following its announcements, and the notifications relayed on channel
+// notify, until Leave. It does not wait for Redis: an instance that cannot
+// reach it polls on its own until it can.
+func Join(rdb redis.UniversalClient, ns, notify string, engine Engine, cfg Config) *Member {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Member{
-		store: NewStore(rdb, ns), rdb: rdb, engine: engine,
+		store: NewStore(rdb, ns), rdb: rdb, engine: engine, notify: notify,
 		holder: NewHolder(), stop: cancel, done: make(chan struct{}),
 	}
 	m.SetConfig(cfg)
@@ -109,15 +112,15 @@ func (m *Member) cfg() *Config { return m.cfgp.Load() }
 func (m *Member) Leave() {
 	m.stop()
 	<-m.done
-	if m.alone.Load() && m.cfg().Alone != nil {
+	if m.alone.CompareAndSwap(true, false) && m.cfg().Alone != nil {
 		m.cfg().Alone(false) // no longer counted
 	}
 }
 
-// NotifyChannel is where notifications are relayed to every instance of
-// the namespace: the JSON body of a longpoll_notify request, {"topics":
-// [...]}. An application may publish there itself.
-func (m *Member) NotifyChannel() string { return "longpoll:" + m.store.ns + ":notify" }
+// NotifyChannel is where notifications are relayed to every instance: the
+// JSON body of a longpoll_notify request, {"topics": [...]}. An
+// application may publish there itself.
+func (m *Member) NotifyChannel() string { return m.notify }
 
 // relayed is a notification as the notify channel carries it. From names
 // the member that relayed it, which leaves it alone; an application that
@@ -218,7 +221,8 @@ type Fetcher struct {
 	k       longpoll.Key
 	inner   longpoll.Fetcher
 	role    atomic.Int32
-	written atomic.Value // string: the ETag this instance stored last
+	written atomic.Value // string: "<fence> <etag>" this instance stored last
+	fence   atomic.Int64 // the fence of the lease this instance took last
 	fetched atomic.Int64 // when Fetch was last called, Unix nanoseconds
 }
 
@@ -232,7 +236,7 @@ func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot)
 	m := f.m
 	f.fetched.Store(time.Now().UnixNano())
 	opCtx, cancel := context.WithTimeout(ctx, m.cfg().OpTimeout)
-	fence, err := m.store.Acquire(opCtx, f.k, m.holder, f.leaseTTL())
+	fence, err := m.store.Acquire(opCtx, f.k, m.holder, f.leaseTTL(), 2*m.cfg().SnapshotTTL)
 	cancel()
 	if err != nil && ctx.Err() != nil {
 		// the poll was called off (the engine closes): no news of Redis
@@ -241,16 +245,22 @@ func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot)
 	if err != nil {
 		m.apart(err)
 		f.role.Store(int32(RoleAlone))
+		f.written.Store("")
 		return f.inner.Fetch(ctx, route, prev)
 	}
 	m.together()
 	if fence > 0 {
 		f.role.Store(int32(RolePolls))
+		f.fence.Store(fence)
 		snap, err := f.inner.Fetch(ctx, route, prev)
-		f.share(fence, snap, err)
+		if ctx.Err() == nil {
+			// a poll called off (the engine closes) found nothing to say
+			f.share(fence, snap, err)
+		}
 		return snap, err
 	}
 	f.role.Store(int32(RoleFollows))
+	f.written.Store("")
 	opCtx, cancel = context.WithTimeout(ctx, m.cfg().OpTimeout)
 	snap, err := m.store.Read(opCtx, f.k, prev)
 	cancel()
@@ -267,6 +277,7 @@ func (f *Fetcher) Fetch(ctx context.Context, route any, prev *longpoll.Snapshot)
 	}
 	m.apart(err)
 	f.role.Store(int32(RoleAlone))
+	f.written.Store("")
 	return f.inner.Fetch(ctx, route, prev)
 }
 
@@ -288,11 +299,13 @@ func (f *Fetcher) share(fence int64, snap *longpoll.Snapshot, err error) {
 		werr = m.store.Mark(ctx, f.k, m.holder, fence, err, m.cfg().SnapshotTTL)
 	case snap.Private:
 		return
-	case snap.ETag == f.written.Load():
+	case f.written.Load() == writtenAs(fence, snap.ETag):
+		// stored by this lease already: only its expiry moves (under an
+		// older lease, another holder may have written since)
 		werr = m.store.Touch(ctx, f.k, m.cfg().SnapshotTTL)
 	default:
 		if werr = m.store.Write(ctx, f.k, m.holder, fence, snap, m.cfg().SnapshotTTL); werr == nil {
-			f.written.Store(snap.ETag)
+			f.written.Store(writtenAs(fence, snap.ETag))
 		}
 	}
 	switch {
@@ -304,6 +317,10 @@ func (f *Fetcher) share(fence int64, snap *longpoll.Snapshot, err error) {
 		m.apart(werr)
 	}
 }
+
+// writtenAs is what Fetcher.written holds for a representation stored
+// under a lease.
+func writtenAs(fence int64, etag string) string { return strconv.FormatInt(fence, 10) + " " + etag }
 
 // Idle implements longpoll.Idler: a watch with no subscriber left gives
 // its lease back, so that an instance whose clients still wait takes it at
@@ -329,6 +346,7 @@ func (f *Fetcher) Idle(gone bool) {
 func (f *Fetcher) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), f.m.cfg().OpTimeout)
 	defer cancel()
-	_ = f.m.store.Release(ctx, f.k, f.m.holder)
+	_ = f.m.store.Release(ctx, f.k, f.m.holder, f.fence.Load())
 	f.written.Store("")
+	f.role.CompareAndSwap(int32(RolePolls), int32(RoleNone)) // announcements wake it again
 }

@@ -5,6 +5,7 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -44,7 +45,7 @@ func newInstance(t *testing.T, rdb redis.UniversalClient, ns string) *instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := cluster.Join(rdb, ns, e, cluster.Config{Interval: interval, SnapshotTTL: time.Minute})
+	m := cluster.Join(rdb, ns, "longpoll:"+ns+":notify", e, cluster.Config{Interval: interval, SnapshotTTL: time.Minute})
 	t.Cleanup(func() { m.Leave(); _ = e.Close() })
 	return &instance{e: e, m: m}
 }
@@ -174,7 +175,7 @@ func TestMembersWithoutRedis(t *testing.T) {
 	for range 2 {
 		rdb := redisClient(t, mr)
 		e, _ := longpoll.New(longpoll.Config{Interval: interval, PollTimeout: 2 * time.Second, IdleTTL: time.Minute})
-		m := cluster.Join(rdb, "ns", e, cluster.Config{Interval: interval, SnapshotTTL: time.Minute, OpTimeout: 200 * time.Millisecond,
+		m := cluster.Join(rdb, "ns", "longpoll:ns:notify", e, cluster.Config{Interval: interval, SnapshotTTL: time.Minute, OpTimeout: 200 * time.Millisecond,
 			Alone: func(a bool) {
 				mu.Lock()
 				defer mu.Unlock()
@@ -241,11 +242,11 @@ func (r *recordingEngine) NotifyKey(k longpoll.Key) bool {
 func TestRelayedNotifications(t *testing.T) {
 	mr := miniredis.RunT(t)
 	a, b, other := &recordingEngine{}, &recordingEngine{}, &recordingEngine{}
-	ma := cluster.Join(redisClient(t, mr), "ns", a, cluster.Config{Interval: interval})
+	ma := cluster.Join(redisClient(t, mr), "ns", "longpoll:ns:notify", a, cluster.Config{Interval: interval})
 	defer ma.Leave()
-	mb := cluster.Join(redisClient(t, mr), "ns", b, cluster.Config{Interval: interval})
+	mb := cluster.Join(redisClient(t, mr), "ns", "longpoll:ns:notify", b, cluster.Config{Interval: interval})
 	defer mb.Leave()
-	mo := cluster.Join(redisClient(t, mr), "ns-other", other, cluster.Config{Interval: interval})
+	mo := cluster.Join(redisClient(t, mr), "ns-other", "longpoll:ns-other:notify", other, cluster.Config{Interval: interval})
 	defer mo.Leave()
 	waitSubscribed(t, mr, ma.NotifyChannel(), 2)
 	if err := ma.Relay(t.Context(), []string{"/orders/42"}); err != nil {
@@ -303,7 +304,7 @@ func TestOwnAnnouncementIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	m := cluster.Join(redisClient(t, mr), "ns", e, cluster.Config{Interval: time.Hour, SnapshotTTL: time.Hour})
+	m := cluster.Join(redisClient(t, mr), "ns", "longpoll:ns:notify", e, cluster.Config{Interval: time.Hour, SnapshotTTL: time.Hour})
 	defer m.Leave()
 	waitSubscribed(t, mr, m.NotifyChannel(), 1)
 	in := &instance{e: e, m: m}
@@ -315,5 +316,41 @@ func TestOwnAnnouncementIgnored(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // the announcement of the first write has come back
 	if got := up.polls.Load(); got != 1 {
 		t.Errorf("%d upstream polls at interval 1h after the first, want 1: the poller was woken by its own announcement", got)
+	}
+}
+
+// A poll called off by its engine closing (a shutdown, a deploy) tells the
+// other instances nothing: they must not take it for a failing upstream.
+func TestCancelledPollNotShared(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redisClient(t, mr)
+	s := cluster.NewStore(rdb, "ns")
+	e, err := longpoll.New(longpoll.Config{Interval: interval, PollTimeout: 5 * time.Second, IdleTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cluster.Join(rdb, "ns", "longpoll:ns:notify", e, cluster.Config{Interval: interval, SnapshotTTL: time.Minute})
+	defer m.Leave()
+	started := make(chan struct{})
+	var once sync.Once
+	blocking := longpoll.FetcherFunc(func(ctx context.Context, _ any, _ *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+		once.Do(func() { close(started) })
+		<-ctx.Done()
+		return nil, &longpoll.UpstreamError{Status: 499, Err: ctx.Err()}
+	})
+	k := longpoll.KeyOf("k")
+	sub, err := e.Join(k, "/k", func() longpoll.Fetcher { return m.Fetcher(k, blocking) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	_ = e.Close()
+	sub.Close()
+	time.Sleep(500 * time.Millisecond)
+	if _, err := s.Read(context.Background(), k, nil); !errors.Is(err, cluster.ErrNoSnapshot) {
+		t.Errorf("after a poll called off: Read = %v, want ErrNoSnapshot (nothing shared)", err)
+	}
+	if m.Alone() {
+		t.Error("a poll called off made the member think Redis unreachable")
 	}
 }

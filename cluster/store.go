@@ -98,10 +98,19 @@ func (s *Store) Channel() string { return "longpoll:" + s.ns + ":changed" }
 // acquire takes the lease (KEYS[1]) for holder ARGV[1] for ARGV[2]
 // milliseconds, drawing a new fence from KEYS[2] if it was free, or renews
 // it if the holder has it. It returns the fence, or 0 if another holds it.
+// The counter expires after ARGV[3] milliseconds without a new lease (a
+// key nobody watches costs Redis nothing for ever); a fence is never below
+// the stored representation's (KEYS[3]), so that fencing never goes back.
 var acquire = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if not cur then
 	local fence = redis.call('INCR', KEYS[2])
+	local stored = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
+	if fence <= stored then
+		fence = stored + 1
+		redis.call('SET', KEYS[2], fence)
+	end
+	redis.call('PEXPIRE', KEYS[2], ARGV[3])
 	redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence, 'PX', ARGV[2])
 	return fence
 end
@@ -114,26 +123,30 @@ return 0
 `)
 
 // Acquire takes the lease on k for holder, or renews it, for ttl. It
-// returns the lease's fence, or 0 if another instance holds it.
-func (s *Store) Acquire(ctx context.Context, k longpoll.Key, holder string, ttl time.Duration) (int64, error) {
+// returns the lease's fence, or 0 if another instance holds it. keep is
+// how long the fence counter outlives its last lease: at least as long as
+// a stored representation.
+func (s *Store) Acquire(ctx context.Context, k longpoll.Key, holder string, ttl, keep time.Duration) (int64, error) {
 	p := s.prefix(k)
-	return acquire.Run(ctx, s.rdb, []string{p + ":lease", p + ":fence"}, holder, ttl.Milliseconds()).Int64()
+	return acquire.Run(ctx, s.rdb, []string{p + ":lease", p + ":fence", p + ":snap"},
+		holder, ttl.Milliseconds(), max(keep, ttl).Milliseconds()).Int64()
 }
 
-// release gives the lease (KEYS[1]) back if holder ARGV[1] has it.
+// release gives the lease (KEYS[1]) back if it is holder ARGV[1]'s under
+// fence ARGV[2].
 var release = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if cur and string.match(cur, '^(.*):%d+$') == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] .. ':' .. ARGV[2] then
 	return redis.call('DEL', KEYS[1])
 end
 return 0
 `)
 
-// Release gives the lease on k back, if holder has it, so that another
-// instance with subscribers takes it at its next poll rather than after
-// the lease expires.
-func (s *Store) Release(ctx context.Context, k longpoll.Key, holder string) error {
-	return release.Run(ctx, s.rdb, []string{s.prefix(k) + ":lease"}, holder).Err()
+// Release gives the lease on k back, if holder has it under fence, so
+// that another instance with subscribers takes it at its next poll rather
+// than after the lease expires. A lease taken since, under a newer fence,
+// stays.
+func (s *Store) Release(ctx context.Context, k longpoll.Key, holder string, fence int64) error {
+	return release.Run(ctx, s.rdb, []string{s.prefix(k) + ":lease"}, holder, fence).Err()
 }
 
 // write stores a snapshot (KEYS[1]) under fence ARGV[2] for holder ARGV[1],
@@ -281,7 +294,13 @@ func (s *Store) Read(ctx context.Context, k longpoll.Key, have *longpoll.Snapsho
 	if !ok1 || !ok2 {
 		return nil, ErrNoSnapshot // expired between the two reads
 	}
-	return longpoll.RestoreSnapshot([]byte(meta), []byte(body))
+	snap, err := longpoll.RestoreSnapshot([]byte(meta), []byte(body))
+	if err != nil {
+		// not Redis failing: an entry that does not restore (another
+		// version of the module wrote it, say) is as good as none
+		return nil, errors.Join(ErrNoSnapshot, err)
+	}
+	return snap, nil
 }
 
 // markError is the error of a recorded failure.

@@ -46,7 +46,7 @@ func TestLease(t *testing.T) {
 	const ttl = 3 * time.Second
 	must := func(holder string, want int64) {
 		t.Helper()
-		got, err := s.Acquire(ctx, key, holder, ttl)
+		got, err := s.Acquire(ctx, key, holder, ttl, time.Minute)
 		if err != nil || got != want {
 			t.Fatalf("Acquire = %d, %v, want %d", got, err, want)
 		}
@@ -60,11 +60,15 @@ func TestLease(t *testing.T) {
 	mr.FastForward(2 * time.Second)
 	must(b, 2) // a's lease expired: b takes it, with a newer fence
 	must(a, 0)
-	if err := s.Release(ctx, key, a); err != nil {
+	if err := s.Release(ctx, key, a, 1); err != nil {
 		t.Fatal(err)
 	}
 	must(a, 0) // a cannot give back what is b's
-	if err := s.Release(ctx, key, b); err != nil {
+	if err := s.Release(ctx, key, b, 1); err != nil {
+		t.Fatal(err)
+	}
+	must(a, 0) // nor b a lease of an older fence than its own
+	if err := s.Release(ctx, key, b, 2); err != nil {
 		t.Fatal(err)
 	}
 	must(a, 3) // given back: taken at once
@@ -76,12 +80,12 @@ func TestFencedWrite(t *testing.T) {
 	s, mr, _ := newStore(t)
 	ctx := context.Background()
 	a, b := cluster.NewHolder(), cluster.NewHolder()
-	fa, _ := s.Acquire(ctx, key, a, time.Second)
+	fa, _ := s.Acquire(ctx, key, a, time.Second, time.Minute)
 	if err := s.Write(ctx, key, a, fa, snap(t, `{"v":1}`), time.Minute); err != nil {
 		t.Fatalf("the holder's write: %v", err)
 	}
 	mr.FastForward(2 * time.Second) // a pauses past its lease
-	fb, _ := s.Acquire(ctx, key, b, time.Second)
+	fb, _ := s.Acquire(ctx, key, b, time.Second, time.Minute)
 	if err := s.Write(ctx, key, a, fa, snap(t, `{"v":"late"}`), time.Minute); !errors.Is(err, cluster.ErrFenced) {
 		t.Errorf("a deposed holder's write while another holds the lease: %v, want ErrFenced", err)
 	}
@@ -110,7 +114,7 @@ func TestReadExpired(t *testing.T) {
 		t.Errorf("Read of a key never written: %v, want ErrNoSnapshot", err)
 	}
 	h := cluster.NewHolder()
-	f, _ := s.Acquire(ctx, key, h, time.Second)
+	f, _ := s.Acquire(ctx, key, h, time.Second, time.Minute)
 	if err := s.Write(ctx, key, h, f, snap(t, `{}`), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +135,7 @@ func TestAnnouncementsAndHashedKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := cluster.NewHolder()
-	f, _ := s.Acquire(ctx, key, h, time.Second)
+	f, _ := s.Acquire(ctx, key, h, time.Second, time.Minute)
 	v := snap(t, `{"v":1}`)
 	if err := s.Write(ctx, key, h, f, v, time.Minute); err != nil {
 		t.Fatal(err)

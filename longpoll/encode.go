@@ -40,9 +40,23 @@ func (s *Snapshot) MarshalMeta() ([]byte, error) {
 	if s.Private {
 		return nil, ErrNotShareable
 	}
+	// The values of the request headers a representation varies on may
+	// be credentials (Vary: Authorization, Cookie): only their hashes
+	// leave the process, which VaryMatches compares against.
+	vary := make([]VaryField, len(s.Vary))
+	for i, f := range s.Vary {
+		vary[i] = VaryField{Name: f.Name, Values: f.Values, Hashed: f.Hashed}
+		if !f.Hashed {
+			vary[i].Values = make([]string, len(f.Values))
+			for k, v := range f.Values {
+				vary[i].Values[k] = hashVary(v)
+			}
+			vary[i].Hashed = true
+		}
+	}
 	return json.Marshal(snapshotMeta{
 		Status: s.Status, Header: s.Header, ErrorStatus: s.ErrorStatus, Head: s.Head,
-		ETag: s.ETag, UpstreamETag: s.UpstreamETag, LastModified: s.LastModified, Vary: s.Vary,
+		ETag: s.ETag, UpstreamETag: s.UpstreamETag, LastModified: s.LastModified, Vary: vary,
 	})
 }
 

@@ -46,10 +46,10 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		if got.ETag != s.ETag || got.Status != s.Status || !bytes.Equal(got.Body, s.Body) || got.Head != s.Head ||
-			got.UpstreamETag != s.UpstreamETag || !reflect.DeepEqual(got.Header, s.Header) || !reflect.DeepEqual(got.Vary, s.Vary) {
+			got.UpstreamETag != s.UpstreamETag || !reflect.DeepEqual(got.Header, s.Header) || len(got.Vary) != len(s.Vary) {
 			t.Errorf("%s: restored %+v, want %+v", name, got, s)
 		}
-		if !got.VaryMatches(http.Header{"Accept-Language": {"fr"}}) || (name == "GET" && got.VaryMatches(http.Header{})) {
+		if !got.VaryMatches(http.Header{"Accept-Language": {"fr"}}) || (name == "GET" && got.VaryMatches(http.Header{"Accept-Language": {"de"}})) {
 			t.Errorf("%s: the restored Vary fields do not match as the original's", name)
 		}
 	}
@@ -85,5 +85,27 @@ func TestSnapshotRestoreRefuses(t *testing.T) {
 	}
 	if _, err := private.MarshalMeta(); !errors.Is(err, longpoll.ErrNotShareable) {
 		t.Errorf("a private snapshot: %v, want ErrNotShareable", err)
+	}
+}
+
+// The values of the request headers a representation varies on never
+// leave the process in clear: a Vary on Authorization carries a token.
+func TestSnapshotMetaHidesVaryValues(t *testing.T) {
+	t.Parallel()
+	s, err := longpoll.NewSnapshot(http.StatusOK, http.Header{"Vary": {"Authorization"}}, []byte("mine"),
+		http.Header{"Authorization": {"Bearer secret-token"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, _ := s.MarshalMeta()
+	if strings.Contains(string(meta), "secret-token") {
+		t.Fatalf("metadata %s holds the credential", meta)
+	}
+	got, err := longpoll.RestoreSnapshot(meta, []byte("mine"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.VaryMatches(http.Header{"Authorization": {"Bearer secret-token"}}) || got.VaryMatches(http.Header{"Authorization": {"Bearer other"}}) {
+		t.Error("the restored snapshot must match the same token only")
 	}
 }

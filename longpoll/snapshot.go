@@ -65,6 +65,16 @@ type Snapshot struct {
 type VaryField struct {
 	Name   string // canonical header name
 	Values []string
+	// Hashed is set when Values hold SHA-256 hashes of the values, as a
+	// snapshot that left the process keeps them (see MarshalMeta): a
+	// Vary on Authorization or Cookie must not carry the credential out.
+	Hashed bool `json:",omitempty"`
+}
+
+// hashVary returns the hash of a Vary value, as a hashed VaryField holds.
+func hashVary(v string) string {
+	sum := sha256.Sum256([]byte(v))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // hashedHeaders are the response headers that describe the content, and so
@@ -207,7 +217,7 @@ func (s *Snapshot) VaryMatches(reqHeader http.Header) bool {
 			return false
 		}
 		for i := range got {
-			if got[i] != f.Values[i] {
+			if v := got[i]; (f.Hashed && hashVary(v) != f.Values[i]) || (!f.Hashed && v != f.Values[i]) {
 				return false
 			}
 		}
