@@ -595,3 +595,43 @@ func writeTestCerts(t *testing.T, dir string) (caFile, certFile, keyFile string)
 	}
 	return caFile, certFile, keyFile
 }
+
+// TestClusterRedisLate starts Caddy with a cluster whose Redis is not
+// there yet: it starts and serves alone, and joins when Redis answers.
+func TestClusterRedisLate(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		startRedis(t, 0) // skips, or fails under LONGPOLL_CLUSTER_TEST=required
+	}
+	port := freeTCPPort(t)
+	up := newClusterUpstream(t)
+	p := startCaddy(t, "", fmt.Sprintf("\tlongpoll {\n\t\tinterval 1s\n\t\tcluster redis://127.0.0.1:%d/0\n\t}\n\treverse_proxy %s\n",
+		port, strings.TrimPrefix(up.srv.URL, "http://")))
+	c := faultClient(t)
+	get := func() int {
+		req, _ := http.NewRequest("GET", p.base+"/orders", nil)
+		req.Header.Set("Prefer", "wait=2")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if status := get(); status != http.StatusOK {
+		t.Fatalf("without Redis: %d, want 200 (alone)", status)
+	}
+	if role := watchRole(t, p); role != "alone" {
+		t.Fatalf("without Redis: %q, want alone", role)
+	}
+	startRedis(t, port)
+	deadline := time.Now().Add(15 * time.Second)
+	for watchRole(t, p) != "polls" {
+		if time.Now().After(deadline) {
+			t.Fatalf("Redis up for 15s: %q, want polls", watchRole(t, p))
+		}
+		get()
+	}
+	if got := p.metric(t, "caddy_longpoll_cluster_alone"); got != 0 {
+		t.Errorf("cluster_alone after Redis came: %v, want 0", got)
+	}
+}
