@@ -260,17 +260,17 @@ func acquireHub(ctx caddy.Context, h *Handler) (*hub, string, error) {
 	id := hex.EncodeToString(sum[:16])
 	n := strconv.Itoa(ordinal(ctx.Context, id))
 	// The cluster's namespace: what makes the watches what they are, the
-	// server's name and the handler's place among its like: the same on
-	// every instance with this Caddyfile, wherever it listens and whatever
-	// else a rolling deploy changes; two handlers whose keys could
-	// collide never share one. A group names it too, which keeps two
-	// deployments of one Caddyfile apart on one Redis, and names the
-	// channel on which an application may publish notifications.
-	nsConf, _ := json.Marshal(identity{Key: h.Key, Topic: h.Topic, MaxBody: h.MaxBody, QueryParams: h.QueryParams})
-	nsSum := sha256.Sum256(append(append(nsConf, 0), server...))
-	namespace := hex.EncodeToString(nsSum[:16]) + "#" + n
+	// server's addresses and the handler's place among its like (n): the
+	// same on every instance with this Caddyfile whatever else a rolling
+	// deploy changes, and two handlers of one server whose keys could
+	// collide never share one. A group names it instead of the addresses,
+	// for instances that listen on different ones; it names the channel on
+	// which an application may publish notifications too.
+	namespace := id + "#" + n
 	if h.Group != "" {
-		namespace = "group:" + h.Group + ":" + namespace
+		nsConf, _ := json.Marshal(identity{Key: h.Key, Topic: h.Topic, MaxBody: h.MaxBody, QueryParams: h.QueryParams})
+		nsSum := sha256.Sum256(nsConf)
+		namespace = "group:" + h.Group + ":" + hex.EncodeToString(nsSum[:16]) + "#" + n
 	}
 	if h.clusterURL != "" {
 		us := sha256.Sum256([]byte(h.clusterURL))
