@@ -47,26 +47,33 @@ func (f FetcherFunc) Fetch(ctx context.Context, route any, prev *Snapshot) (*Sna
 
 // Engine keeps the watches, one per key. Create it with New.
 //
-// Lock order: Engine.mu, then watch.mu; routesMu is taken alone.
+// The watches are split by key into shards, each with its own lock, so that
+// requests joining and leaving watches of different keys do not wait for
+// each other (shards.go).
+//
+// Lock order: a shard's mu (shared or alone), then watch.mu, then topicsMu; routesMu is taken
+// alone, by routes opening and closing only. Nothing outside the engine is called with any of them held.
 type Engine struct {
 	cfg      atomic.Pointer[Config]
 	logger   func() *zap.Logger
 	observer Observer
 	active   atomic.Int64 // watches with subscribers
+	count    atomic.Int64 // watches in the shards' maps
 	// bytes is what the watches hold, activeBytes what those with
 	// subscribers hold (memory.go); evicting is set during an eviction run
 	bytes, activeBytes atomic.Int64
 	evicting           atomic.Bool
-	ctx                context.Context // ends at Close; parent of every poll
+	closed             atomic.Bool
+	ctx                context.Context // ends at Close; parent of the shards' contexts
 	cancel             context.CancelFunc
 
-	mu      sync.Mutex
-	watches map[Key]*watch
-	topics  map[string]map[*watch]struct{} // watches by topic, for Notify
-	closed  bool
+	shards [shardCount]shard
 
-	routesMu sync.Mutex
-	routes   []*Route // open, oldest first
+	topicsMu sync.Mutex
+	topics   map[string]map[*watch]struct{} // watches by topic, for Notify
+
+	routesMu sync.Mutex               // serialises changes to routes
+	routes   atomic.Pointer[[]*Route] // open, newest first (route.go)
 }
 
 func nopLogger() *zap.Logger { return nop }
@@ -98,15 +105,18 @@ func New(cfg Config, opts ...Option) (*Engine, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("longpoll config: %w", err)
 	}
-	e := &Engine{
-		logger:  nopLogger,
-		watches: make(map[Key]*watch), topics: make(map[string]map[*watch]struct{}),
+	e := &Engine{logger: nopLogger, topics: make(map[string]map[*watch]struct{})}
+	for i := range e.shards {
+		e.shards[i].watches = make(map[Key]*watch)
 	}
 	e.cfg.Store(&cfg)
 	for _, o := range opts {
 		o(e)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	for i := range e.shards {
+		e.shards[i].ctx, e.shards[i].cancel = context.WithCancel(e.ctx)
+	}
 	return e, nil
 }
 
@@ -138,15 +148,38 @@ func (e *Engine) SetConfig(cfg Config) error {
 // subscription's NeedsFetcher says so, and SetFetcher gives it one, outside
 // the engine's locks; Join does both.
 func (e *Engine) Subscribe(key Key, topic string) (*Subscription, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
+	sh := e.shardOf(key)
+	// Joining a watch that exists (most requests) takes its shard's lock
+	// shared: requests that fall in one shard wait only on their watch.
+	sh.mu.RLock()
+	closed := sh.closed
+	var sub *Subscription
+	var err error
+	if w := sh.watches[key]; w != nil && !closed {
+		sub, err = w.join(e.config().MaxActive)
+	}
+	sh.mu.RUnlock()
+	switch {
+	case closed:
+		return nil, ErrClosed
+	case sub != nil || err != nil:
+		return sub, err
+	}
+	return e.subscribeNew(sh, key, topic)
+}
+
+// subscribeNew is Subscribe for a key whose watch must be made, or
+// replaced by a new one: under its shard's lock, held alone.
+func (e *Engine) subscribeNew(sh *shard, key Key, topic string) (*Subscription, error) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.closed {
 		return nil, ErrClosed
 	}
-	w := e.watches[key]
+	w := sh.watches[key]
 	if w != nil && w.expired() {
 		w.retire()
-		e.forget(w)
+		e.forget(sh, w)
 		w = nil
 	}
 	if max := e.config().MaxActive; max > 0 && e.active.Load() >= int64(max) && (w == nil || w.idle()) {
@@ -154,13 +187,16 @@ func (e *Engine) Subscribe(key Key, topic string) (*Subscription, error) {
 	}
 	if w == nil {
 		w = newWatch(e, key, topic)
-		e.watches[key] = w
+		sh.watches[key] = w
+		e.count.Add(1)
+		e.topicsMu.Lock()
 		set := e.topics[topic]
 		if set == nil {
 			set = make(map[*watch]struct{})
 			e.topics[topic] = set
 		}
 		set[w] = struct{}{}
+		e.topicsMu.Unlock()
 	}
 	return w.subscribe(), nil
 }
@@ -180,37 +216,46 @@ func (e *Engine) Join(key Key, topic string, newFetcher func() Fetcher) (*Subscr
 }
 
 // list returns the engine's watches, for visiting them one at a time
-// without the engine's lock.
+// without the shards' locks.
 func (e *Engine) list() []*watch {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	ws := make([]*watch, 0, len(e.watches))
-	for _, w := range e.watches {
-		ws = append(ws, w)
+	ws := make([]*watch, 0, e.count.Load())
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.RLock()
+		for _, w := range sh.watches {
+			ws = append(ws, w)
+		}
+		sh.mu.RUnlock()
 	}
 	return ws
 }
 
 // Len returns the number of watches the engine keeps, polling or idle.
-func (e *Engine) Len() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.watches)
-}
+func (e *Engine) Len() int { return int(e.count.Load()) }
 
 // Close stops every watch and wakes every subscriber with a final state
 // whose Closed field is set. It does not wait for polls in flight: their
 // context is cancelled. It is idempotent.
 func (e *Engine) Close() error {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
+	if !e.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	e.closed = true
-	ws := e.watches
-	e.watches, e.topics = nil, nil
-	e.mu.Unlock()
+	var ws []*watch
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		sh.closed = true
+		for _, w := range sh.watches {
+			ws = append(ws, w)
+		}
+		sh.watches = nil
+		sh.mu.Unlock()
+		defer sh.cancel()
+	}
+	e.count.Store(0)
+	e.topicsMu.Lock()
+	e.topics = nil
+	e.topicsMu.Unlock()
 
 	// Close the watches first: a poll cancelled below must find its watch
 	// gone, not publish its cancellation as an upstream failure.
@@ -222,17 +267,21 @@ func (e *Engine) Close() error {
 	return nil
 }
 
-// forget removes w from the engine. It must be called with e.mu held.
-func (e *Engine) forget(w *watch) {
-	if e.watches[w.key] == w {
-		delete(e.watches, w.key)
+// forget removes w from the engine. It must be called with sh.mu held, sh
+// being w's shard.
+func (e *Engine) forget(sh *shard, w *watch) {
+	if sh.watches[w.key] == w {
+		delete(sh.watches, w.key)
+		e.count.Add(-1)
 	}
+	e.topicsMu.Lock()
 	if set := e.topics[w.topic]; set != nil {
 		delete(set, w)
 		if len(set) == 0 {
 			delete(e.topics, w.topic)
 		}
 	}
+	e.topicsMu.Unlock()
 }
 
 // Notify tells the engine that the resources of some topics may have
@@ -258,21 +307,19 @@ func (e *Engine) Notify(patterns []string) int {
 // if it has subscribers, or is marked stale. It reports whether there was
 // such a watch, in service.
 func (e *Engine) NotifyKey(k Key) bool {
-	e.mu.Lock()
-	w := e.watches[k]
-	if e.closed {
-		w = nil
-	}
-	e.mu.Unlock()
+	sh := e.shardOf(k)
+	sh.mu.RLock()
+	w := sh.watches[k]
+	sh.mu.RUnlock()
 	return w != nil && w.notify()
 }
 
 // matching returns the watches of the topics that patterns match.
 func (e *Engine) matching(patterns []string) map[*watch]struct{} {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return nil
+	e.topicsMu.Lock()
+	defer e.topicsMu.Unlock()
+	if e.topics == nil {
+		return nil // closed
 	}
 	ws := make(map[*watch]struct{}) // a watch matched twice counts once
 	for _, p := range patterns {
@@ -286,6 +333,5 @@ func (e *Engine) matching(patterns []string) map[*watch]struct{} {
 		}
 		maps.Copy(ws, e.topics[p])
 	}
-	e.mu.Unlock()
 	return ws
 }

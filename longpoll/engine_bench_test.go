@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,6 +67,49 @@ func BenchmarkSubscribe(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkSubscribeParallel is joining and leaving warm watches from
+// every P at once, over 10,000 keys each held open by another subscriber
+// (many clients on per-user keys): run it with -cpu 1,2,8,32 to see
+// whether the join path scales with cores, and with -mutexprofile to see
+// where it waits.
+func BenchmarkSubscribeParallel(b *testing.B) {
+	const keys = 10000
+	f := longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+		return snapshotOf("v1")
+	})
+	newFetcher := func() longpoll.Fetcher { return f }
+	e, err := longpoll.New(longpoll.Config{Interval: time.Hour, IdleTTL: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	ks := make([]longpoll.Key, keys)
+	for i := range ks {
+		ks[i] = longpoll.KeyOf("bench", strconv.Itoa(i))
+		holder, err := e.Join(ks[i], "/users/"+strconv.Itoa(i), newFetcher)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer holder.Close()
+	}
+	var seed atomic.Uint64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := seed.Add(7919) // each goroutine walks the keys from its own place
+		for pb.Next() {
+			i++
+			k := ks[i%keys]
+			sub, err := e.Join(k, "/users/x", newFetcher)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			sub.Close()
+		}
+	})
 }
 
 // BenchmarkRelease10000 measures the time from publishing a change (a new

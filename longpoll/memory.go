@@ -126,9 +126,7 @@ func (e *Engine) evictRuns() {
 // holds at most nine tenths of its budget, or no idle watch is left. It
 // returns how many it forgot.
 func (e *Engine) evict() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed || !e.mustEvict() {
+	if e.closed.Load() || !e.mustEvict() {
 		return 0
 	}
 	type candidate struct {
@@ -136,7 +134,7 @@ func (e *Engine) evict() int {
 		since time.Time
 	}
 	var idle []candidate
-	for _, w := range e.watches {
+	for _, w := range e.list() {
 		w.mu.Lock()
 		if w.evictable() {
 			idle = append(idle, candidate{w, w.idleSince})
@@ -150,19 +148,30 @@ func (e *Engine) evict() int {
 		if e.bytes.Load() <= target {
 			break
 		}
-		w := c.w
-		w.mu.Lock()
-		if w.evictable() {
-			w.leave()
-			e.forget(w)
+		if e.evictOne(c.w) {
 			n++
 		}
-		w.mu.Unlock()
 	}
 	if n > 0 && e.observer != nil {
 		e.observer.Evicted(n)
 	}
 	return n
+}
+
+// evictOne forgets w if it may still be evicted, taking its shard's lock,
+// then its own.
+func (e *Engine) evictOne(w *watch) bool {
+	sh := e.shardOf(w.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if sh.closed || !w.evictable() {
+		return false
+	}
+	w.leave()
+	e.forget(sh, w)
+	return true
 }
 
 // evictable reports whether w may be forgotten to make room: no

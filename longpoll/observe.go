@@ -82,10 +82,7 @@ type Stats struct {
 
 // Stats returns the engine's counts, without visiting its watches.
 func (e *Engine) Stats() Stats {
-	e.mu.Lock()
-	n := len(e.watches)
-	e.mu.Unlock()
-	return Stats{Watches: n, Active: int(e.active.Load()), Bytes: e.bytes.Load()}
+	return Stats{Watches: e.Len(), Active: int(e.active.Load()), Bytes: e.bytes.Load()}
 }
 
 // WatchInfo describes one watch, for an operator's view of the engine.

@@ -120,7 +120,7 @@ func (w *watch) onPollTimer() {
 // nil route when none is open: an engine used without routes), and
 // publishes its result.
 func (w *watch) poll(f Fetcher, prev *Snapshot, start time.Time, done chan struct{}) {
-	ctx, cancel := context.WithTimeout(w.e.ctx, w.e.config().PollTimeout)
+	ctx, cancel := context.WithTimeout(w.e.shardOf(w.key).ctx, w.e.config().PollTimeout)
 	var snap *Snapshot
 	var err error
 	returned := true

@@ -3,7 +3,10 @@
 
 package longpoll
 
-import "errors"
+import (
+	"errors"
+	"slices"
+)
 
 // A Route is a path polls go through, given to the engine by whoever owns
 // it (for the Caddy module, a configuration: the handlers after the
@@ -31,7 +34,12 @@ func (e *Engine) OpenRoute(value any) *Route {
 	r := &Route{e: e, value: value}
 	e.routesMu.Lock()
 	defer e.routesMu.Unlock()
-	e.routes = append(e.routes, r)
+	var cur []*Route
+	if p := e.routes.Load(); p != nil {
+		cur = *p
+	}
+	next := append([]*Route{r}, cur...) // newest first
+	e.routes.Store(&next)
 	return r
 }
 
@@ -45,28 +53,25 @@ func (r *Route) Close() {
 	e := r.e
 	e.routesMu.Lock()
 	defer e.routesMu.Unlock()
-	for i, open := range e.routes {
-		if open == r {
-			e.routes = append(e.routes[:i:i], e.routes[i+1:]...)
-			return
-		}
+	p := e.routes.Load()
+	if p == nil {
+		return
+	}
+	if i := slices.Index(*p, r); i >= 0 {
+		next := slices.Delete(slices.Clone(*p), i, i+1)
+		e.routes.Store(&next)
 	}
 }
 
-// openRoutes returns the open routes, newest first.
+// openRoutes returns the open routes, newest first. Every poll reads them,
+// so they are replaced (under routesMu), never changed, and read without a
+// lock; the caller must not modify the slice.
 func (e *Engine) openRoutes() []*Route {
-	e.routesMu.Lock()
-	defer e.routesMu.Unlock()
-	out := make([]*Route, len(e.routes))
-	for i, r := range e.routes {
-		out[len(out)-1-i] = r
+	if p := e.routes.Load(); p != nil {
+		return *p
 	}
-	return out
+	return nil
 }
 
 // Routes returns the number of open routes.
-func (e *Engine) Routes() int {
-	e.routesMu.Lock()
-	defer e.routesMu.Unlock()
-	return len(e.routes)
-}
+func (e *Engine) Routes() int { return len(e.openRoutes()) }

@@ -12,7 +12,7 @@ import (
 // watch holds one key's representation for its subscribers, and polls the
 // upstream for them (poller.go).
 //
-// Invariants, with mu held (lock order: Engine.mu, then watch.mu):
+// Invariants, with mu held (lock order: the shard's mu, then watch.mu):
 //   - subs counts the open subscriptions. Engine.active counts the watches
 //     with subs > 0, and Engine.activeBytes their size.
 //   - At most one poll is in flight (inflight). A poll starts only from
@@ -63,6 +63,27 @@ func newWatch(e *Engine, key Key, topic string) *watch {
 func (w *watch) subscribe() *Subscription {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.subscribeLocked()
+}
+
+// join subscribes to a watch found in its shard, with the shard's lock
+// held shared. It returns nil and no error for a pass-through watch due to
+// be probed again, which takes a new watch (the shard's lock held alone),
+// and ErrTooManyWatches if it is idle and maxActive watches are active.
+func (w *watch) join(maxActive int) (*Subscription, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.state.Load().Passthrough && time.Now().After(w.passUntil) {
+		return nil, nil
+	}
+	if maxActive > 0 && w.subs == 0 && w.e.active.Load() >= int64(maxActive) {
+		return nil, ErrTooManyWatches
+	}
+	return w.subscribeLocked(), nil
+}
+
+// subscribeLocked adds a subscriber. It must be called with w.mu held.
+func (w *watch) subscribeLocked() *Subscription {
 	w.subs++
 	sub := &Subscription{w: w}
 	if w.subs == 1 {
@@ -155,21 +176,23 @@ func (w *watch) idle() bool {
 }
 
 // expired reports whether a pass-through watch should be probed again,
-// which takes a new watch. It must be called with e.mu held.
+// which takes a new watch. It must be called with its shard's mu held.
 func (w *watch) expired() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.state.Load().Passthrough && time.Now().After(w.passUntil)
 }
 
-// retire takes w out of service. It must be called with e.mu held.
+// retire takes w out of service. It must be called with its shard's mu
+// held.
 func (w *watch) retire() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.leave()
 }
 
-// leave marks w gone and stops its timers. It must be called with e.mu and
+// leave marks w gone and stops its timers. It must be called with its
+// shard's mu and
 // w.mu held, and the caller removes w from the engine's maps.
 func (w *watch) leave() {
 	if !w.gone {
@@ -193,8 +216,9 @@ func (w *watch) idled(gone bool) {
 // onIdleTimer forgets the watch idle_ttl after its last subscriber left,
 // re-checking under both locks in their order.
 func (w *watch) onIdleTimer() {
-	w.e.mu.Lock()
-	defer w.e.mu.Unlock()
+	sh := w.e.shardOf(w.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.gone || w.subs > 0 || w.inflight || w.again {
@@ -205,7 +229,7 @@ func (w *watch) onIdleTimer() {
 		return
 	}
 	w.leave()
-	w.e.forget(w)
+	w.e.forget(sh, w)
 }
 
 // close ends the watch for Engine.Close.
