@@ -15,50 +15,61 @@ import (
 // that.
 
 // derivedValues is what deliveries derived from one snapshot: a short
-// list, replaced (never changed) when a value is added, so that readers
-// take no lock.
+// list of entries, replaced (never changed) when an entry is added, so that
+// readers take no lock. Each entry is made once, under its own lock: a
+// value slow to make (a compressed body) holds up only the callers that
+// want that value.
 type derivedValues struct {
-	mu     sync.Mutex // serialises the making of values
-	values atomic.Pointer[[]derivedValue]
+	mu     sync.Mutex // serialises the adding of entries
+	values atomic.Pointer[[]*derivedValue]
 }
 
 type derivedValue struct {
 	key   any
+	once  sync.Once
 	value any
 }
 
 // Derived returns the value derived from the snapshot under key, made by
 // make the first time it is asked for: every other caller, at once or
-// later, gets that same value. key is a comparable value of the caller's
-// own type, as for context keys. make is called at most once per key, with
-// the snapshot, and must not call Derived on it. Values live and die with
-// the snapshot.
+// later, gets that same value (one that comes while it is being made waits
+// for it). key is a comparable value of the caller's own type, as for
+// context keys. make is called at most once per key, with the snapshot; it
+// may call Derived for another key, never for its own. Values live and die
+// with the snapshot.
 func (s *Snapshot) Derived(key any, make func(*Snapshot) any) any {
-	if v, ok := s.derived.lookup(key); ok {
-		return v
+	dv := s.derived.lookup(key)
+	if dv == nil {
+		dv = s.derived.add(key)
 	}
-	s.derived.mu.Lock()
-	defer s.derived.mu.Unlock()
-	if v, ok := s.derived.lookup(key); ok {
-		return v
-	}
-	v := make(s)
-	var list []derivedValue
-	if cur := s.derived.values.Load(); cur != nil {
-		list = append(list, *cur...)
-	}
-	list = append(list, derivedValue{key, v})
-	s.derived.values.Store(&list)
-	return v
+	dv.once.Do(func() { dv.value = make(s) })
+	return dv.value
 }
 
-func (d *derivedValues) lookup(key any) (any, bool) {
+// add returns the entry of key, adding it if it is not there yet.
+func (d *derivedValues) add(key any) *derivedValue {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dv := d.lookup(key); dv != nil {
+		return dv
+	}
+	var list []*derivedValue
+	if cur := d.values.Load(); cur != nil {
+		list = append(list, *cur...)
+	}
+	dv := &derivedValue{key: key}
+	list = append(list, dv)
+	d.values.Store(&list)
+	return dv
+}
+
+func (d *derivedValues) lookup(key any) *derivedValue {
 	if list := d.values.Load(); list != nil {
 		for _, dv := range *list {
 			if dv.key == key {
-				return dv.value, true
+				return dv
 			}
 		}
 	}
-	return nil, false
+	return nil
 }

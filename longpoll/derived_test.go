@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
 )
@@ -56,3 +57,40 @@ func TestDerivedDoesNotAllocate(t *testing.T) {
 		t.Errorf("Derived of a made value: %v allocations, want 0", n)
 	}
 }
+
+// A value slow to make (a compressed body) holds up the callers that want
+// it, not those that want another value of the same snapshot; and make may
+// derive another value from the snapshot.
+func TestDerivedSlowValueDoesNotBlockOthers(t *testing.T) {
+	t.Parallel()
+	s := mustSnapshot(t, "body")
+	release := make(chan struct{})
+	started := make(chan struct{})
+	go s.Derived(keyA{}, func(*longpoll.Snapshot) any {
+		close(started)
+		<-release
+		return "slow"
+	})
+	<-started
+	done := make(chan any)
+	go func() {
+		done <- s.Derived(keyB{}, func(s *longpoll.Snapshot) any {
+			return s.Derived(keyC{}, func(*longpoll.Snapshot) any { return "inner" }).(string) + "+b"
+		})
+	}()
+	var got any
+	select {
+	case got = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("Derived(keyB) waited for keyA's value to be made")
+	}
+	if got != "inner+b" {
+		t.Errorf("Derived(keyB) = %v while keyA is being made, want inner+b", got)
+	}
+	close(release)
+	if got := s.Derived(keyA{}, func(*longpoll.Snapshot) any { return "again" }); got != "slow" {
+		t.Errorf("Derived(keyA) = %v, want the value made first", got)
+	}
+}
+
+type keyC struct{}

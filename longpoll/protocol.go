@@ -49,10 +49,13 @@ func ParseWait(prefer []string) (wait time.Duration, ok bool) {
 // entries are read, and reading stops at one that does not parse: entries
 // past either point match nothing. It does not allocate.
 //
-// An entry without quotes (If-None-Match: abc, common in hand-written
-// clients) is read as the tag "abc", with the suffix a compressing handler
-// may have appended removed, as QueryETag does: refusing it would answer
-// such a client at once, every time, and its loop would spin.
+// The suffix a compressing handler appends to one of this package's ETags
+// (Caddy's encode, and the adapter's compressed variants: "x-gzip") is
+// removed before comparing: the variants of one version are that version,
+// whichever encoding the client had it in. An entry without quotes
+// (If-None-Match: abc, common in hand-written clients) is read as the tag
+// "abc": refusing it would answer such a client at once, every time, and
+// its loop would spin.
 func MatchETag(ifNoneMatch []string, etag string) bool {
 	etag = strings.TrimPrefix(etag, "W/")
 	opaque := strings.Trim(etag, `"`)
@@ -111,13 +114,14 @@ func scanETag(s string) (opaque, rest string, ok bool) {
 	if rest != "" && rest[0] != ',' && rest[0] != ' ' && rest[0] != '\t' {
 		return "", "", false // something stuck to the closing quote
 	}
-	return opaque, rest, true
+	return trimEncodingSuffix(opaque), rest, true
 }
 
 // trimEncodingSuffix removes from one of this package's ETags (without
 // quotes) the suffix a compressing handler appended to it: Caddy's encode
-// turns "x" into "x-gzip", and undoes it only for quoted tags in
-// If-None-Match.
+// turns "x" into "x-gzip", and undoes it only in If-None-Match, only for
+// the encoding it chose for that request. A client that had a compressed
+// answer ("x-gzip") and now asks for a plain one still has version "x".
 func trimEncodingSuffix(v string) string {
 	if len(v) > etagLen && v[etagLen] == '-' {
 		return v[:etagLen]

@@ -107,6 +107,10 @@ func TestMatchETag(t *testing.T) {
 		{name: "unquoted in a list", ifNoneMatch: []string{`x, "y" abc`}, etag: etag, want: true},
 		{name: "unquoted weak", ifNoneMatch: []string{"W/abc"}, etag: etag, want: true},
 		{name: "unquoted with encode's suffix", ifNoneMatch: []string{"y89PCoXva9PuEz7Mq07TSyx9-gzip"}, etag: `"y89PCoXva9PuEz7Mq07TSyx9"`, want: true},
+		// a client that had the gzip variant of a version, asking without
+		// encode in front to undo the suffix (or for another encoding)
+		{name: "quoted with a compressed variant's suffix", ifNoneMatch: []string{`"y89PCoXva9PuEz7Mq07TSyx9-gzip"`}, etag: `"y89PCoXva9PuEz7Mq07TSyx9"`, want: true},
+		{name: "quoted, another version's variant", ifNoneMatch: []string{`"z89PCoXva9PuEz7Mq07TSyx9-zstd"`}, etag: `"y89PCoXva9PuEz7Mq07TSyx9"`, want: false},
 		{name: "unquoted with a suffix on a short tag", ifNoneMatch: []string{"abc-gzip"}, etag: etag, want: false},
 		{name: "quote inside an unquoted tag", ifNoneMatch: []string{`a"bc, "abc"`}, etag: etag, want: false},
 		{name: "unterminated", ifNoneMatch: []string{`"abc`}, etag: etag, want: false},
