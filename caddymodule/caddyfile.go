@@ -20,7 +20,7 @@ func init() {
 	httpcaddyfile.RegisterHandlerDirective("longpoll", parseCaddyfile)
 	// After the authentication handlers (earlier in Caddy's order), so that
 	// every held request is authorised on its own, and after encode, so
-	// that what is released is compressed per client.
+	// that released answers are compressed as encode would (compress.go).
 	httpcaddyfile.RegisterDirectiveOrder("longpoll", httpcaddyfile.After, "encode")
 }
 
@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_stream_duration <duration>
 //		origins       <origin...>
 //		compress_streams
+//		compress      off | [<formats...>] [{ <encode's subdirectives> }]
 //		ignore        <json-pointer...>
 //		deltas        json-patch
 //		cluster       <redis-url>
@@ -108,6 +109,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, someArgs(d, &h.Origins)
 		case "compress_streams":
 			return true, flag(d, &h.CompressStreams)
+		case "compress":
+			var err error
+			h.Compress, err = unmarshalCompress(d)
+			return true, err
 		case "ignore":
 			return true, someArgs(d, &h.Ignore)
 		case "cluster":

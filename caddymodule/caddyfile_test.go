@@ -164,6 +164,40 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "websocket twice", input: "longpoll {\n\twebsocket\n\twebsocket\n}", wantErr: "websocket already specified"},
 		{name: "ignore without a pointer", input: "longpoll {\n\tignore\n}", wantErr: "wrong argument count"},
 		{name: "cluster without a URL", input: "longpoll {\n\tcluster\n}", wantErr: "wrong argument count"},
+		{name: "compress off", input: "longpoll {\n\tcompress off\n}", want: Handler{Compress: &Compress{Off: true}}},
+		{
+			name:  "compress formats",
+			input: "longpoll {\n\tcompress zstd gzip\n}",
+			want: Handler{Compress: &Compress{
+				EncodingsRaw: caddy.ModuleMap{"zstd": json.RawMessage(`{}`), "gzip": json.RawMessage(`{}`)},
+				Prefer:       []string{"zstd", "gzip"},
+			}},
+		},
+		{
+			name:  "compress with encode's block",
+			input: "longpoll {\n\tcompress {\n\t\tgzip 9\n\t\tminimum_length 1024\n\t}\n}",
+			want: Handler{Compress: &Compress{
+				EncodingsRaw: caddy.ModuleMap{"gzip": json.RawMessage(`{"level":9}`)},
+				Prefer:       []string{"gzip"}, MinLength: 1024,
+			}},
+		},
+		{
+			name:  "compress bare: encode's default formats",
+			input: "longpoll {\n\tcompress\n}",
+			want: Handler{Compress: &Compress{
+				EncodingsRaw: caddy.ModuleMap{"zstd": json.RawMessage(`{}`), "gzip": json.RawMessage(`{}`)},
+				Prefer:       []string{"zstd", "gzip"},
+			}},
+		},
+		{name: "compress off with a format", input: "longpoll {\n\tcompress off gzip\n}", wantErr: "compress off takes no other argument"},
+		{name: "compress off with a block", input: "longpoll {\n\tcompress off {\n\t\tgzip\n\t}\n}", wantErr: "compress off takes no block"},
+		{name: "compress unknown format", input: "longpoll {\n\tcompress brotli9\n}", wantErr: "http.encoders.brotli9"},
+		{name: "compress unknown setting", input: "longpoll {\n\tcompress {\n\t\tlevel 3\n\t}\n}", wantErr: "http.encoders.level"},
+		{name: "compress twice", input: "longpoll {\n\tcompress gzip\n\tcompress zstd\n}", wantErr: "compress already specified"},
+		{name: "compress, then another subdirective", input: "longpoll {\n\tcompress gzip\n\tinterval 2s\n}", want: Handler{
+			Compress: &Compress{EncodingsRaw: caddy.ModuleMap{"gzip": json.RawMessage(`{}`)}, Prefer: []string{"gzip"}},
+			Interval: caddy.Duration(2 * time.Second),
+		}},
 		{name: "deltas without a kind", input: "longpoll {\n\tdeltas\n}", wantErr: "wrong argument count"},
 		{name: "deltas with two kinds", input: "longpoll {\n\tdeltas json-patch merge-patch\n}", wantErr: "wrong argument count"},
 		{name: "compress_streams with a value", input: "longpoll {\n\tcompress_streams gzip\n}", wantErr: "wrong argument count"},

@@ -59,13 +59,28 @@ func makeHeaders(s *longpoll.Snapshot, vary ...string) *lpHeader {
 			full["Vary"] = append(slices.Clip(full["Vary"]), name)
 		}
 	}
+	return &lpHeader{full: full, notModified: notModifiedOf(full)}
+}
+
+// notModifiedOf returns the fields of full that a 304 repeats.
+func notModifiedOf(full http.Header) http.Header {
 	nm := make(http.Header, len(notModifiedHeaders))
 	for _, k := range notModifiedHeaders {
 		if v, ok := full[k]; ok {
 			nm[k] = v
 		}
 	}
-	return &lpHeader{full: full, notModified: nm}
+	return nm
+}
+
+// cloneHeader returns a copy of h that shares its values, clipped so that
+// an append to one copies it.
+func cloneHeader(h http.Header) http.Header {
+	c := make(http.Header, len(h)+2)
+	for k, v := range h {
+		c[k] = slices.Clip(v)
+	}
+	return c
 }
 
 // answerHeader returns the headers of s for the long-poll answers of h.

@@ -43,6 +43,7 @@ type metricSet struct {
 	eventsVec    *prometheus.CounterVec
 	events       map[string]prometheus.Counter // by delivery, looked up once
 	endedVec     *prometheus.CounterVec
+	compressions *prometheus.CounterVec
 	gauges       gaugeCollector
 }
 
@@ -103,6 +104,10 @@ func newMetricSet() *metricSet {
 			Namespace: ns, Subsystem: sub, Name: "streams_ended_total",
 			Help: "Streams ended, by delivery and reason: client, write_error, heartbeat, duration, reload, shutdown, passthrough, policy.",
 		}, []string{"delivery", "reason"}),
+		compressions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "compressions_total",
+			Help: "Versions compressed for long-poll answers, once per version and encoding that some client asked for, by encoding.",
+		}, []string{"encoding"}),
 		byOutcome: make(map[string]outcomeMetrics, len(outcomes)),
 		gauges: gaugeCollector{
 			held: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "held_requests"),
@@ -146,7 +151,7 @@ func newMetricSet() *metricSet {
 // it) is no error.
 func (m *metricSet) register(reg prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.pollsVec, m.privatePolls, m.alone, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.eventsVec, m.endedVec, m.gauges} {
+	for _, c := range []prometheus.Collector{m.pollsVec, m.privatePolls, m.alone, m.pollDuration, m.answersVec, m.heldVec, m.delivery, m.rejectedVec, m.evicted, m.eventsVec, m.endedVec, m.compressions, m.gauges} {
 		var already prometheus.AlreadyRegisteredError
 		if err := reg.Register(c); err != nil && !errors.As(err, &already) {
 			errs = append(errs, err)

@@ -220,6 +220,19 @@ type Handler struct {
 	// some 27 times the stream itself.
 	CompressStreams bool `json:"compress_streams,omitempty"`
 
+	// How long-poll answers are compressed. With an `encode` in front
+	// (the usual site), each version is compressed once per encoding that
+	// some client asked for, as that `encode` would have compressed it
+	// (its encodings, preferences, minimum length and content types, its
+	// compressors at their levels), and every client answered with it is
+	// given the same bytes; `encode` passes them on. Without an `encode`
+	// in front, this setting, with `encode`'s syntax and settings
+	// (`compress gzip zstd`, or a block), does the same; `compress off`
+	// leaves every answer to an `encode` in front, compressed once per
+	// answer. Default: follow the `encode` in front; without one, no
+	// compression.
+	Compress *Compress `json:"compress,omitempty"`
+
 	// JSON fields whose changes are no change: a timestamp, a request id
 	// or a cache age that the upstream stamps into every body. RFC 6901
 	// JSON pointers (`/generated_at`); a `*` segment matches every member
@@ -299,6 +312,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.ignore, _ = longpoll.ParseIgnore(h.Ignore) // Validate has parsed them
+	if h.Compress != nil {
+		if err := h.Compress.provision(ctx); err != nil {
+			return err
+		}
+	} else if _, err := frontLayout(); err != nil {
+		h.logger.Warn("an encode in front compresses each long-poll answer on its own: this module cannot read its settings in this version of Caddy", zap.Error(err))
+	}
 	warnUnreachable(ctx, h.logger)
 	hb, key, err := acquireHub(ctx, h)
 	if err != nil {
@@ -420,6 +440,11 @@ func (h *Handler) Validate() error {
 		if u == "" {
 			errs = append(errs, errors.New("cluster: the URL is empty once its placeholders are expanded: is the environment variable set?"))
 		} else if _, err := cluster.ParseURL(u); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if h.Compress != nil {
+		if err := h.Compress.validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -126,7 +126,7 @@ func (p *privateHold) serve(w http.ResponseWriter, next caddyhttp.Handler) (stri
 				return p.fail(w)
 			}
 		case !longpoll.MatchETag(p.lp.inm, snap.ETag):
-			return outcomeChanged, writeSnapshot(w, p.r, snap, p.h.answerHeader(snap), p.lp.wait, true)
+			return outcomeChanged, p.h.writeAnswer(w, p.r, snap, p.lp.wait, true)
 		default:
 			p.cookies = snap.Header["Set-Cookie"]
 			if snap == p.latest {
@@ -187,7 +187,7 @@ func (p *privateHold) timeout(w http.ResponseWriter) (string, error) {
 	if len(p.cookies) > 0 {
 		w.Header()["Set-Cookie"] = p.cookies
 	}
-	writeNotModified(w, p.h.answerHeader(p.latest), p.lp.wait)
+	p.h.writeNotModified(w, p.r, p.latest, p.lp.wait)
 	return outcomeTimeout, nil
 }
 

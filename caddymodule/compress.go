@@ -1,0 +1,265 @@
+// Copyright 2026 The caddy-longpoll Authors
+// SPDX-License-Identifier: Apache-2.0
+
+package caddymodule
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/encode"
+
+	"github.com/caddy-longpoll/caddy-longpoll/longpoll"
+)
+
+// When a change releases ten thousand held requests on one key, an encode
+// in front would compress the same body ten thousand times, once per
+// answer. Instead, the module compresses each version once per encoding,
+// when the first client that needs that encoding is answered, and every
+// other client of the watch is given the same bytes: a compressed variant
+// (a longpoll.Snapshot.Derived value) that lives and dies with its
+// version, made only for the encodings clients asked for.
+//
+// The module chooses as encode would have, for each request: the encoding
+// the encode in front negotiated for it (encodefront.go), and encode's
+// rules for whether an answer is compressed (not already encoded, no
+// Cache-Control: no-transform, longer than its minimum_length, a matching
+// Content-Type), with encode's own compressors at their configured levels.
+// The answer carries what encode would have set (Content-Encoding, Vary:
+// Accept-Encoding, the ETag with "-<encoding>" appended, no Accept-Ranges)
+// and its exact Content-Length; encode, seeing Content-Encoding set,
+// passes it on as it is. Answers it would not compress are written plain,
+// for encode to handle as without this module. Without an encode in front,
+// the handler's own `compress` setting does the same, and without either,
+// nothing is compressed.
+
+// Compress sets how the handler's long-poll answers are compressed when no
+// `encode` handler is in front of it: with the settings, and the syntax,
+// of `encode`. Or, with `off`, that they are never compressed here.
+type Compress struct {
+	// Never compress answers here: an `encode` in front then compresses
+	// each answer on its own, as it does every response.
+	Off bool `json:"off,omitempty"`
+
+	// The encodings to offer, as for `encode` (`gzip`, `zstd`, with
+	// their settings).
+	EncodingsRaw caddy.ModuleMap `json:"encodings,omitempty" caddy:"namespace=http.encoders"`
+
+	// The order of preference among encodings the client accepts equally,
+	// as for `encode`. Default: the order the encodings are listed in
+	// the Caddyfile, else zstd, br, gzip.
+	Prefer []string `json:"prefer,omitempty"`
+
+	// Answers of this many bytes or fewer are not compressed, as for
+	// `encode`. Default: 512.
+	MinLength int `json:"minimum_length,omitempty"`
+
+	// Only answers that match are compressed, as for `encode`. Default:
+	// `encode`'s list of text-based content types.
+	Matcher *caddyhttp.ResponseMatcher `json:"match,omitempty"`
+
+	enc *encode.Encode // the settings, provisioned by encode
+}
+
+// provision makes c's encode settings, with encode's own defaults.
+func (c *Compress) provision(ctx caddy.Context) error {
+	if c.Off {
+		return nil
+	}
+	if _, err := frontLayout(); err != nil {
+		return fmt.Errorf("compress: not supported with this version of Caddy's encode (%v); use encode in front instead", err)
+	}
+	c.enc = &encode.Encode{
+		EncodingsRaw: c.EncodingsRaw, Prefer: slices.Clone(c.Prefer),
+		MinLength: c.MinLength, Matcher: c.Matcher,
+	}
+	if err := c.enc.Provision(ctx); err != nil {
+		return fmt.Errorf("compress: %w", err)
+	}
+	if err := c.enc.Validate(); err != nil {
+		return fmt.Errorf("compress: %w", err)
+	}
+	return nil
+}
+
+// validate checks c's settings that need no provisioning.
+func (c *Compress) validate() error {
+	switch {
+	case c.Off && (len(c.EncodingsRaw) > 0 || len(c.Prefer) > 0 || c.MinLength != 0 || c.Matcher != nil):
+		return errors.New("compress: off takes no other setting")
+	case !c.Off && len(c.EncodingsRaw) == 0:
+		return errors.New("compress: no encoding; name at least one (gzip, zstd), or say off")
+	}
+	return nil
+}
+
+// unmarshalCompress reads the compress subdirective: `off`, or encode's
+// own syntax, which encode parses.
+func unmarshalCompress(d *caddyfile.Dispenser) (*Compress, error) {
+	seg := d.NewFromNextSegment()
+	seg.Next()
+	args := seg.RemainingArgs()
+	if len(args) == 1 && args[0] == "off" {
+		if seg.NextBlock(0) {
+			return nil, seg.Err("compress off takes no block")
+		}
+		return &Compress{Off: true}, nil
+	}
+	if slices.Contains(args, "off") {
+		return nil, seg.Err("compress off takes no other argument")
+	}
+	seg.Reset()
+	var enc encode.Encode
+	if err := enc.UnmarshalCaddyfile(seg); err != nil {
+		return nil, err
+	}
+	return &Compress{EncodingsRaw: enc.EncodingsRaw, Prefer: enc.Prefer, MinLength: enc.MinLength, Matcher: enc.Matcher}, nil
+}
+
+// variant is a version as one encoding's answers write it: its compressed
+// body and its headers, or, for a version that encoding's answers leave
+// plain, only the headers (Vary: Accept-Encoding added when it applies).
+type variant struct {
+	compressed bool
+	lh         lpHeader
+	body       []byte
+}
+
+// variantKey is the key of a variant among a snapshot's derived values:
+// the settings it follows, the encoding, and which long-poll headers it
+// starts from (with Vary: Accept for a handler that serves SSE).
+type variantKey struct {
+	enc    *encode.Encode
+	name   string
+	accept bool
+	front  bool // the encode in front sets Vary on plain answers itself
+}
+
+// answerVariant returns the variant of s to answer r with through w, nil
+// for s's plain long-poll answer as it is.
+//
+//go:noinline
+func (h *Handler) answerVariant(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot) *variant {
+	if r.Method == http.MethodHead || s.ErrorStatus || s.Head || (h.Compress != nil && h.Compress.Off) {
+		return nil // HEAD answers have no body: encode sets their headers itself
+	}
+	key := variantKey{accept: h.SSE}
+	key.enc, key.name = encodeInFront(w)
+	if key.enc != nil {
+		key.front = true
+		if key.name == "" {
+			return nil // nothing to compress; encode adds Vary itself
+		}
+	} else if c := h.Compress; c != nil && c.enc != nil {
+		key.enc, key.name = c.enc, negotiate(r, c.enc)
+	} else {
+		return nil
+	}
+	v := s.Derived(key, func(s *longpoll.Snapshot) any { return h.makeVariant(s, key) }).(*variant)
+	if v.lh.full == nil {
+		return nil
+	}
+	return v
+}
+
+// negotiate returns the encoding enc chooses for r, as encode does: the
+// first that r accepts and enc offers; "" for none.
+func negotiate(r *http.Request, enc *encode.Encode) string {
+	l, _ := frontLayout()
+	for _, name := range encode.AcceptedEncodings(r, enc.Prefer) {
+		if l.pool(enc, name) != nil {
+			return name
+		}
+	}
+	return ""
+}
+
+// makeVariant makes the variant of s under key.
+func (h *Handler) makeVariant(s *longpoll.Snapshot, key variantKey) any {
+	lh := h.answerHeader(s)
+	if !encodable(key.enc, s, lh.full) {
+		return &variant{}
+	}
+	v := &variant{body: s.Body}
+	full := cloneHeader(lh.full)
+	if !varies(full, "Accept-Encoding") {
+		full["Vary"] = append(slices.Clip(full["Vary"]), "Accept-Encoding")
+	}
+	if key.name != "" {
+		l, _ := frontLayout()
+		body, err := compress(l.pool(key.enc, key.name), s.Body)
+		if err != nil {
+			h.logger.Error("compressing a representation: answered plain", zap.String("encoding", key.name), zap.Error(err))
+			return &variant{}
+		}
+		if !h.DisableMetrics {
+			metrics.compressions.WithLabelValues(key.name).Inc()
+		}
+		v.compressed, v.body = true, body
+		full["Content-Encoding"] = []string{key.name}
+		full["Content-Length"] = []string{strconv.Itoa(len(body))}
+		delete(full, "Accept-Ranges")
+		if etag := s.ETag; !strings.HasPrefix(etag, "W/") {
+			full["Etag"] = []string{strings.TrimSuffix(etag, `"`) + "-" + key.name + `"`}
+		}
+	} else if key.front {
+		return &variant{} // plain; encode adds Vary itself
+	}
+	v.lh = lpHeader{full: full, notModified: notModifiedOf(full)}
+	return v
+}
+
+// encodable reports whether encode compresses an answer of s with the
+// headers header: as its response writer decides, for a body written
+// whole with its Content-Length.
+func encodable(enc *encode.Encode, s *longpoll.Snapshot, header http.Header) bool {
+	for _, v := range header["Content-Encoding"] {
+		if v != "" {
+			return false
+		}
+	}
+	if httpguts.HeaderValuesContainsToken(header["Cache-Control"], "no-transform") {
+		return false
+	}
+	if s.Status == http.StatusPartialContent || enc.MinLength <= 0 || len(s.Body) <= enc.MinLength {
+		return false
+	}
+	return enc.Matcher == nil || enc.Matcher.Match(s.Status, header)
+}
+
+// compress compresses body whole with a compressor from pool, as encode
+// would compress a response.
+func compress(pool *sync.Pool, body []byte) ([]byte, error) {
+	if pool == nil {
+		return nil, errors.New("no compressor")
+	}
+	enc, ok := pool.Get().(encode.Encoder)
+	if !ok {
+		return nil, errors.New("not an encode.Encoder")
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(body)/3 + 64)
+	enc.Reset(&buf)
+	_, err := enc.Write(body)
+	if cerr := enc.Close(); err == nil {
+		err = cerr
+	}
+	enc.Reset(nil)
+	pool.Put(enc)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.Clone(buf.Bytes()), nil
+}
