@@ -388,6 +388,9 @@ const exampleLongpollBlock = `
 		origins localhost:8080
 		# Let streams be compressed (SSE by encode, WebSocket by permessage-deflate). Default: off.
 		# compress_streams
+		# Without encode in front, compress answers here (encode's syntax). Default: follow
+		# the encode in front, compressing each version once; without one, none.
+		# compress gzip zstd
 		# JSON fields whose changes are no change (JSON pointers). Default: none.
 		# ignore /generated_at /items/*/updated_at
 		# Stream clients that ask (?deltas=json-patch) get changes as JSON Patches. Default: off.

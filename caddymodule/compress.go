@@ -137,6 +137,15 @@ type variant struct {
 	body       []byte
 }
 
+// Size is what a compressed variant holds besides its snapshot: it counts
+// against max_memory while its version is current (longpoll.Sizer).
+func (v *variant) Size() int64 {
+	if !v.compressed {
+		return 0
+	}
+	return int64(len(v.body)) + 256
+}
+
 // variantKey is the key of a variant among a snapshot's derived values:
 // the settings it follows, the encoding, and which long-poll headers it
 // starts from (with Vary: Accept for a handler that serves SSE).

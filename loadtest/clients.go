@@ -31,12 +31,13 @@ type heldClients struct {
 	all      sync.WaitGroup
 }
 
-// holdClients opens n connections to addr and sends one held request on
-// each. Set-up is paced in batches, each dialled in parallel and waited
+// holdClientsOn opens n connections to addr and sends one held request for
+// path on each, with the header lines extra ("Name: value\r\n" each)
+// besides. Set-up is paced in batches, each dialled in parallel and waited
 // for before the next, so that the listen backlog never overflows.
-func holdClients(addr, etag string, n int) (*heldClients, error) {
+func holdClientsOn(addr, path, etag, extra string, n int) (*heldClients, error) {
 	c := &heldClients{conns: make([]net.Conn, n), done: make([]time.Time, n), status: make([]int, n)}
-	req := fmt.Appendf(nil, "GET /resource HTTP/1.1\r\nHost: %s\r\nPrefer: wait=240\r\nIf-None-Match: %s\r\n\r\n", addr, etag)
+	req := fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nPrefer: wait=240\r\nIf-None-Match: %s\r\n%s\r\n", path, addr, etag, extra)
 	const batch = 250
 	for start := 0; start < n; start += batch {
 		var dialed sync.WaitGroup
@@ -80,8 +81,9 @@ func (c *heldClients) read(conn net.Conn, i int) {
 	c.answered.Add(1)
 }
 
-// readResponse reads one HTTP/1.1 response with a Content-Length and
-// returns its status.
+// readResponse reads one HTTP/1.1 response, with a Content-Length or
+// chunked (encode compressing on the fly sends no length), and returns its
+// status.
 func readResponse(conn net.Conn) (int, error) {
 	buf := make([]byte, 4096)
 	n := 0
@@ -96,6 +98,9 @@ func readResponse(conn net.Conn) (int, error) {
 			status, err := strconv.Atoi(string(head[9:12]))
 			if err != nil {
 				return 0, err
+			}
+			if chunked(head) {
+				return status, readChunked(conn, buf, buf[end+4:n])
 			}
 			length, err := contentLength(head)
 			if err != nil {
@@ -117,6 +122,35 @@ func readResponse(conn net.Conn) (int, error) {
 			return 0, errors.New("response head over 4 KiB")
 		}
 	}
+}
+
+// chunked reports whether a response head says Transfer-Encoding: chunked.
+func chunked(head []byte) bool {
+	for line := range bytes.SplitSeq(head, []byte("\r\n")) {
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if ok && bytes.EqualFold(name, []byte("Transfer-Encoding")) && bytes.Contains(bytes.ToLower(value), []byte("chunked")) {
+			return true
+		}
+	}
+	return false
+}
+
+// readChunked reads a chunked body, of which got was read with the head,
+// to its last chunk: a response to one request ends there (no trailers).
+func readChunked(conn net.Conn, buf, got []byte) error {
+	const last = "0\r\n\r\n"
+	tail := append([]byte(nil), got...)
+	for !bytes.HasSuffix(tail, []byte(last)) {
+		m, err := conn.Read(buf)
+		if err != nil {
+			return err
+		}
+		tail = append(tail, buf[:m]...)
+		if len(tail) > 64 {
+			tail = tail[len(tail)-64:]
+		}
+	}
+	return nil
 }
 
 func contentLength(head []byte) (int, error) {

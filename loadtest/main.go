@@ -30,6 +30,12 @@
 //     stream, the time from each change to each stream's event (pooled),
 //     the streams lost, and the server's CPU for the opening and per
 //     change.
+//   - compress, for each N of -compress-n: N requests held on one key of a
+//     20 KiB JSON list, each with Accept-Encoding: gzip, released by one
+//     change, under three configs: no compression, encode gzip zstd in
+//     front compressing each answer (longpoll's compress off), and the
+//     module's default behind that encode (each version compressed once).
+//     The server's CPU for the release, the fan-out, the bytes per answer.
 //
 // CPU is each thread's time on a CPU (/proc/<pid>/task/*/schedstat), in
 // nanoseconds.
@@ -72,6 +78,10 @@ type options struct {
 	streamChanges int
 	deliveries    []string
 	deltaBody     int // size of the list of the deltas phase
+	compressNs    []int
+	compressBody  int // size of the list of the compress phase
+	// what measureFanout's clients ask for: default /resource, nothing more
+	holdPath, holdHeader string
 }
 
 func main() {
@@ -89,8 +99,10 @@ func main() {
 	flag.DurationVar(&o.shortFor, "shortpoll", 10*time.Second, "length of the short-polling run of the upstream phase")
 	flag.IntVar(&o.repeat, "repeat", 3, "fan-out runs per N and server (the table shows medians)")
 	flag.IntVar(&o.rounds, "rounds", 5, "rounds of 2s per route in the pass-through phase")
-	phases := flag.String("phases", "fanout,upstream,passthrough,streams", "phases to run: fanout, upstream, passthrough, streams, deltas, cluster")
+	phases := flag.String("phases", "fanout,upstream,passthrough,streams", "phases to run: fanout, upstream, passthrough, streams, deltas, cluster, compress")
 	flag.IntVar(&o.deltaBody, "delta-body", 200<<10, "size of the JSON list of the deltas phase, in bytes")
+	cns := flag.String("compress-n", "1000,10000", "held requests per run of the compress phase, comma-separated")
+	flag.IntVar(&o.compressBody, "compress-body", 20<<10, "size of the JSON list of the compress phase, in bytes")
 	flag.StringVar(&o.pprof, "pprof", "", "folder to save Caddy's heap profile (held) and CPU profile (release) in, per N")
 	flag.Parse()
 
@@ -105,7 +117,7 @@ func main() {
 		for p := range strings.SplitSeq(*phases, ",") {
 			o.phases[strings.TrimSpace(p)] = true
 		}
-		o.ns, o.streamNs = counts("-n", *ns), counts("-streams", *sns)
+		o.ns, o.streamNs, o.compressNs = counts("-n", *ns), counts("-streams", *sns), counts("-compress-n", *cns)
 		o.deliveries = strings.Split(*dl, ",")
 		err = run(o)
 	default:
@@ -132,7 +144,7 @@ func counts(flagName, list string) []int {
 }
 
 func run(o options) error {
-	if err := checkFileLimit(append(slices.Clone(o.ns), o.streamNs...)); err != nil {
+	if err := checkFileLimit(slices.Concat(o.ns, o.streamNs, o.compressNs)); err != nil {
 		return err
 	}
 	if o.caddy == "" {
@@ -206,6 +218,11 @@ func run(o options) error {
 	if o.phases["deltas"] {
 		if err := deltasPhase(o); err != nil {
 			return fmt.Errorf("deltas phase: %w", err)
+		}
+	}
+	if o.phases["compress"] {
+		if err := compressPhase(o); err != nil {
+			return fmt.Errorf("compress phase: %w", err)
 		}
 	}
 	return nil
@@ -323,7 +340,11 @@ func measureFanout(o options, p *proc, n int, etag string, change, t trigger, pr
 		return f, err
 	}
 	cc0 := clientCPU()
-	clients, err := holdClients(p.addr, etag, n)
+	path := o.holdPath
+	if path == "" {
+		path = "/resource"
+	}
+	clients, err := holdClientsOn(p.addr, path, etag, o.holdHeader, n)
 	if err != nil {
 		return f, err
 	}
@@ -369,8 +390,10 @@ func measureFanout(o options, p *proc, n int, etag string, change, t trigger, pr
 	return f, nil
 }
 
-func currentETag(addr string) (string, error) {
-	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/resource", nil)
+func currentETag(addr string) (string, error) { return currentETagOf(addr, "/resource") }
+
+func currentETagOf(addr, path string) (string, error) {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
 	req.Header.Set("Prefer", "wait=10")
 	resp, err := controlClient.Do(req)
 	if err != nil {

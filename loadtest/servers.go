@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -56,6 +57,28 @@ func makeList(size, version int) []byte {
 	return append(b, ']', '}')
 }
 
+// makeRecords is a JSON list of about size bytes of records as an API
+// would send them: ids, timestamps, amounts, hex digests and words drawn
+// from a fixed seed, so that it compresses as real JSON does (about 3 to
+// 1 with gzip, where makeList's repeated items compress 20 to 1); the
+// version is in its first field.
+func makeRecords(size, version int) []byte {
+	words := []string{"pending", "shipped", "delivered", "returned", "north", "south", "east", "west",
+		"express", "standard", "priority", "economy", "alpha", "bravo", "charlie", "delta"}
+	rng := rand.New(rand.NewPCG(42, 7))
+	b := fmt.Appendf(make([]byte, 0, size+512), `{"version":%d,"records":[`, version)
+	for i := 0; len(b) < size-200; i++ {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, `{"id":%d,"customer":"%s %s","status":%q,"amount":%d.%02d,"created":"2026-%02d-%02dT%02d:%02d:%02dZ","sha":"%016x%016x"}`,
+			1000000+rng.IntN(9000000), words[rng.IntN(len(words))], words[rng.IntN(len(words))], words[rng.IntN(4)],
+			rng.IntN(100000), rng.IntN(100), 1+rng.IntN(12), 1+rng.IntN(28), rng.IntN(24), rng.IntN(60), rng.IntN(60),
+			rng.Uint64(), rng.Uint64())
+	}
+	return append(b, ']', '}')
+}
+
 // listMarker is what a stream of the list carries of version v, in the
 // full body as in a patch.
 func listMarker(v int) []byte { return fmt.Appendf(nil, `"changed-%d"`, v) }
@@ -97,8 +120,11 @@ func runUpstream(size int) error {
 		}
 		mu.Unlock()
 		body := makeBody(size, r.URL.Path, v)
-		if r.URL.Path == "/list" {
+		switch r.URL.Path {
+		case "/list":
 			body = makeList(size, v)
+		case "/records":
+			body = makeRecords(size, v)
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
@@ -275,7 +301,7 @@ func caddyConfig(p caddyPorts, upstream string, interval time.Duration) string {
 	}
 }
 
-http://127.0.0.1:%d {
+http://127.0.0.1:%d {%s
 	longpoll {
 		interval %s
 		max_wait 5m
@@ -285,7 +311,7 @@ http://127.0.0.1:%d {
 		websocket
 		max_streams 100000
 		heartbeat 10m
-		deltas json-patch%s
+		deltas json-patch%s%s
 	}
 	reverse_proxy %s
 }
@@ -299,7 +325,7 @@ http://127.0.0.1:%d {
 		secret %s
 	}
 }
-`, admin, p.longpoll, interval, clusterLines(), upstream, p.plain, upstream, p.notify, notifySecret)
+`, admin, p.longpoll, encodeLine(), interval, clusterLines(), compressLines(), upstream, p.plain, upstream, p.notify, notifySecret)
 }
 
 // startCaddy starts the Caddy binary bin in front of upstream.
@@ -467,6 +493,26 @@ func stats(upstream string) (upstreamStats, error) {
 }
 
 // clusterLines are the longpoll block's cluster settings, if any.
+// compression is how the Caddy under test compresses (the compress
+// phase): "" not at all; "encode", with `encode gzip zstd` in front of
+// longpoll; "encode-each", the same with `compress off` (encode compresses
+// each answer on its own, as before the module compressed once a version).
+var compression string
+
+func encodeLine() string {
+	if compression == "" {
+		return ""
+	}
+	return "\n\tencode gzip zstd"
+}
+
+func compressLines() string {
+	if compression == "encode-each" {
+		return "\n\t\tcompress off"
+	}
+	return ""
+}
+
 func clusterLines() string {
 	if clusterURL == "" {
 		return ""

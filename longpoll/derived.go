@@ -22,6 +22,16 @@ import (
 type derivedValues struct {
 	mu     sync.Mutex // serialises the adding of entries
 	values atomic.Pointer[[]*derivedValue]
+	bytes  atomic.Int64          // what the values that are Sizers hold
+	owner  atomic.Pointer[watch] // the watch that published the snapshot
+}
+
+// A Sizer is a derived value that holds memory of its own, in proportion
+// to the representation (a compressed copy of the body, say): its Size
+// counts in the snapshot's, and so against Config.MaxMemory, for as long
+// as the snapshot is current.
+type Sizer interface {
+	Size() int64
 }
 
 type derivedValue struct {
@@ -42,7 +52,15 @@ func (s *Snapshot) Derived(key any, make func(*Snapshot) any) any {
 	if dv == nil {
 		dv = s.derived.add(key)
 	}
-	dv.once.Do(func() { dv.value = make(s) })
+	dv.once.Do(func() {
+		dv.value = make(s)
+		if sz, ok := dv.value.(Sizer); ok && sz.Size() > 0 {
+			s.derived.bytes.Add(sz.Size())
+			if w := s.derived.owner.Load(); w != nil {
+				w.grew(s)
+			}
+		}
+	})
 	return dv.value
 }
 

@@ -23,10 +23,10 @@ import (
 // that many watches with tiny bodies are bounded too.
 const watchOverhead = 1024
 
-// Size returns the memory the snapshot holds, roughly: its body and its
-// header fields.
+// Size returns the memory the snapshot holds, roughly: its body, its header
+// fields, and the derived values that are Sizers.
 func (s *Snapshot) Size() int64 {
-	n := int64(len(s.Body)) + int64(len(s.ETag)+len(s.UpstreamETag)+len(s.LastModified)) + 128
+	n := int64(len(s.Body)) + int64(len(s.ETag)+len(s.UpstreamETag)+len(s.LastModified)) + 128 + s.derived.bytes.Load()
 	for k, vs := range s.Header {
 		n += int64(len(k)) + 16
 		for _, v := range vs {
@@ -65,6 +65,17 @@ func (w *watch) account(size int64) {
 	}
 	if delta > 0 {
 		e.kickEviction()
+	}
+}
+
+// grew counts, in w's size, what a value derived from s added to it, if s
+// is still w's current snapshot: once it is replaced, what it holds is
+// the clients' being answered from it, and no longer the watch's.
+func (w *watch) grew(s *Snapshot) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if st := w.state.Load(); !w.gone && st.Snapshot == s {
+		w.account(stateSize(st))
 	}
 }
 

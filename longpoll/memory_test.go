@@ -273,3 +273,46 @@ func TestPollTimeoutWithoutTheFetcher(t *testing.T) {
 		}
 	})
 }
+
+// sized is a derived value that holds n bytes.
+type sized int64
+
+func (s sized) Size() int64 { return int64(s) }
+
+type sizedKey struct{}
+
+// A derived value that holds memory (a compressed copy of the body) counts
+// in its watch's size while its snapshot is current, and no longer once a
+// change replaced it.
+func TestDerivedSizeCounts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e, err := longpoll.New(longpoll.Config{Interval: time.Second, IdleTTL: time.Hour, MaxMemory: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		var version atomic.Int64
+		f := newFake(func(context.Context, *longpoll.Snapshot, int64) (*longpoll.Snapshot, error) {
+			return snapshotOf(fmt.Sprint("version ", version.Load()))
+		})
+		sub := subscribe(t, e, longpoll.KeyOf("sized"), f)
+		defer sub.Close()
+		st := fresh(t, sub)
+		before := e.Stats().Bytes
+		st.Snapshot.Derived(sizedKey{}, func(*longpoll.Snapshot) any { return sized(10000) })
+		if got := e.Stats().Bytes; got != before+10000 {
+			t.Errorf("after a derived value of 10,000 bytes: the watches hold %d, want %d", got, before+10000)
+		}
+		version.Add(1)
+		sub.Trigger()
+		<-st.Changed()
+		if got := e.Stats().Bytes; got != before {
+			t.Errorf("after a change: the watches hold %d, want %d (the new snapshot, no derived value)", got, before)
+		}
+		// a value derived from the replaced snapshot counts nowhere
+		st.Snapshot.Derived(struct{ sizedKey }{}, func(*longpoll.Snapshot) any { return sized(5000) })
+		if got := e.Stats().Bytes; got != before {
+			t.Errorf("a value derived from a replaced snapshot: the watches hold %d, want %d", got, before)
+		}
+	})
+}

@@ -373,6 +373,9 @@ func (w *watch) ignorable(cur, snap *Snapshot) bool {
 // held.
 func (w *watch) publish(next *State, wake bool) {
 	cur := w.state.Load()
+	if next.Snapshot != nil {
+		next.Snapshot.derived.owner.Store(w) // its derived values count in w's size
+	}
 	w.account(stateSize(next))
 	if wake {
 		next.changed = make(chan struct{})
