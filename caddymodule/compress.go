@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
@@ -147,36 +148,61 @@ func (v *variant) Size() int64 {
 }
 
 // variantKey is the key of a variant among a snapshot's derived values:
-// the settings it follows, the encoding, and which long-poll headers it
-// starts from (with Vary: Accept for a handler that serves SSE).
+// the encoding ("" for a plain answer that varies on Accept-Encoding), and
+// which long-poll headers it starts from (with Vary: Accept for a handler
+// that serves SSE). The settings it was made under are not in the key: a
+// reload makes new ones, and must not make every current version's
+// variants again (nor keep both); a version compressed at the level of
+// the config before a reload is served until it changes.
 type variantKey struct {
-	enc    *encode.Encode
 	name   string
 	accept bool
-	front  bool // the encode in front sets Vary on plain answers itself
+}
+
+// variantFor returns what answers r with s through w: s's variant for r's
+// encoding, or s as it is. It is a call of its own, made before the answer
+// is written: the answer path runs on stacks close to 8 KiB, and must not
+// get a frame deeper.
+//
+//go:noinline
+func (h *Handler) variantFor(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot) *variant {
+	if v := h.answerVariant(w, r, s); v != nil {
+		return v
+	}
+	return h.plainVariant(s)
+}
+
+// plainKey is the key of a snapshot's plain variant.
+type plainKey struct{ accept bool }
+
+// plainVariant returns s's long-poll answer as it is, as a variant.
+func (h *Handler) plainVariant(s *longpoll.Snapshot) *variant {
+	return s.Derived(plainKey{h.SSE}, func(s *longpoll.Snapshot) any {
+		return &variant{lh: *h.answerHeader(s), body: s.Body}
+	}).(*variant)
 }
 
 // answerVariant returns the variant of s to answer r with through w, nil
 // for s's plain long-poll answer as it is.
-//
-//go:noinline
 func (h *Handler) answerVariant(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot) *variant {
 	if r.Method == http.MethodHead || s.ErrorStatus || s.Head || (h.Compress != nil && h.Compress.Off) {
 		return nil // HEAD answers have no body: encode sets their headers itself
 	}
-	key := variantKey{accept: h.SSE}
-	key.enc, key.name = encodeInFront(w)
-	if key.enc != nil {
-		key.front = true
-		if key.name == "" {
+	enc, name := encodeInFront(w)
+	if enc != nil {
+		if name == "" {
 			return nil // nothing to compress; encode adds Vary itself
 		}
 	} else if c := h.Compress; c != nil && c.enc != nil {
-		key.enc, key.name = c.enc, negotiate(r, c.enc)
+		enc, name = c.enc, negotiate(r, c.enc)
 	} else {
 		return nil
 	}
-	v := s.Derived(key, func(s *longpoll.Snapshot) any { return h.makeVariant(s, key) }).(*variant)
+	if !h.encodable(s, enc) {
+		return nil
+	}
+	key := variantKey{name: name, accept: h.SSE}
+	v := s.Derived(key, func(s *longpoll.Snapshot) any { return h.makeVariant(s, enc, key) }).(*variant)
 	if v.lh.full == nil {
 		return nil
 	}
@@ -195,20 +221,47 @@ func negotiate(r *http.Request, enc *encode.Encode) string {
 	return ""
 }
 
-// makeVariant makes the variant of s under key.
-func (h *Handler) makeVariant(s *longpoll.Snapshot, key variantKey) any {
-	lh := h.answerHeader(s)
-	if !encodable(key.enc, s, lh.full) {
-		return &variant{}
+// encodableKey is the key of a snapshot's encodable cache.
+type encodableKey struct{ accept bool }
+
+// encodableCache is whether a snapshot's answers are compressed under the
+// settings that asked last: one entry, replaced when other settings (a
+// reload's) ask, so that reloads do not lengthen the snapshot's list of
+// derived values.
+type encodableCache struct {
+	last atomic.Pointer[encodableResult]
+}
+
+type encodableResult struct {
+	enc *encode.Encode
+	ok  bool
+}
+
+// encodable reports whether enc compresses answers of s, from the
+// snapshot's cache.
+func (h *Handler) encodable(s *longpoll.Snapshot, enc *encode.Encode) bool {
+	c := s.Derived(encodableKey{h.SSE}, newEncodableCache).(*encodableCache)
+	if r := c.last.Load(); r != nil && r.enc == enc {
+		return r.ok
 	}
-	v := &variant{body: s.Body}
-	full := cloneHeader(lh.full)
+	ok := encodable(enc, s, h.answerHeader(s).full)
+	c.last.Store(&encodableResult{enc: enc, ok: ok})
+	return ok
+}
+
+func newEncodableCache(*longpoll.Snapshot) any { return new(encodableCache) }
+
+// makeVariant makes the variant of s under key, compressed with enc's
+// compressor for the key's encoding.
+func (h *Handler) makeVariant(s *longpoll.Snapshot, enc *encode.Encode, key variantKey) any {
+	full := cloneHeader(h.answerHeader(s).full)
 	if !varies(full, "Accept-Encoding") {
 		full["Vary"] = append(slices.Clip(full["Vary"]), "Accept-Encoding")
 	}
+	v := &variant{body: s.Body}
 	if key.name != "" {
 		l, _ := frontLayout()
-		body, err := compress(l.pool(key.enc, key.name), s.Body)
+		body, err := compress(l.pool(enc, key.name), s.Body)
 		if err != nil {
 			h.logger.Error("compressing a representation: answered plain", zap.String("encoding", key.name), zap.Error(err))
 			return &variant{}
@@ -223,8 +276,6 @@ func (h *Handler) makeVariant(s *longpoll.Snapshot, key variantKey) any {
 		if etag := s.ETag; !strings.HasPrefix(etag, "W/") {
 			full["Etag"] = []string{strings.TrimSuffix(etag, `"`) + "-" + key.name + `"`}
 		}
-	} else if key.front {
-		return &variant{} // plain; encode adds Vary itself
 	}
 	v.lh = lpHeader{full: full, notModified: notModifiedOf(full)}
 	return v

@@ -142,6 +142,19 @@ func TestIntegrationCompressOnce(t *testing.T) {
 	if d := compressions("gzip") - gz; d != 1 {
 		t.Errorf("gzip compressions after 304s of the same version: %v, want still 1", d)
 	}
+
+	// A reload keeps the version and its variants: it compresses nothing
+	// again (a reload a minute must not pile up copies).
+	itLoad(t, tc, itConfig("", "\tencode gzip zstd\n"+itSite("interval 100ms\nmax_wait 10s", up)))
+	for range 2 {
+		r = itMustSend(t, c, "GET", "/c", "Prefer", "wait=5", "Accept-Encoding", "gzip")
+		if r.Status != http.StatusOK || decoded(t, r) != v2 || r.Header.Get("Etag") != gzTag {
+			t.Errorf("gzip client after a reload: got %d, ETag %s; want 200 with %s", r.Status, r.Header.Get("Etag"), gzTag)
+		}
+	}
+	if d := compressions("gzip") - gz; d != 1 {
+		t.Errorf("gzip compressions after a reload, the version unchanged: %v, want still 1", d)
+	}
 }
 
 // TestIntegrationCompressFollowsEncode checks that answers encode would

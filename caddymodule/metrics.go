@@ -132,6 +132,9 @@ func newMetricSet() *metricSet {
 	for _, c := range capNames {
 		m.byCap[c] = m.rejectedVec.WithLabelValues(c)
 	}
+	for _, e := range []string{"gzip", "zstd"} { // Caddy's own; a plugin's appears when used
+		m.compressions.WithLabelValues(e)
+	}
 	// Every series exists from the start, at zero, so that rates and
 	// ratios need no special case for a series not yet seen.
 	for _, r := range longpoll.PollResults() {

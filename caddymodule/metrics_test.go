@@ -257,7 +257,7 @@ func TestMetricsRegistration(t *testing.T) {
 		for _, mf := range mfs {
 			names = append(names, mf.GetName())
 		}
-		want := "caddy_longpoll_answers_total caddy_longpoll_change_to_answer_seconds caddy_longpoll_cluster_alone caddy_longpoll_held_requests " +
+		want := "caddy_longpoll_answers_total caddy_longpoll_change_to_answer_seconds caddy_longpoll_cluster_alone caddy_longpoll_compressions_total caddy_longpoll_held_requests " +
 			"caddy_longpoll_held_seconds caddy_longpoll_poll_duration_seconds caddy_longpoll_polls_total caddy_longpoll_private_polls_total caddy_longpoll_rejected_total " +
 			"caddy_longpoll_stream_events_total caddy_longpoll_streams caddy_longpoll_streams_ended_total " +
 			"caddy_longpoll_watch_bytes caddy_longpoll_watches caddy_longpoll_watches_evicted_total"

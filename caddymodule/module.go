@@ -145,8 +145,8 @@ type Handler struct {
 	MaxWatches int `json:"max_watches,omitempty"`
 
 	// The most memory, in bytes, the handler's watches may hold: the
-	// representations they keep (bodies up to `max_body`) and about 1 KiB
-	// per watch. Past it, idle watches (kept for `idle_ttl` after their
+	// representations they keep (bodies up to `max_body`), the compressed
+	// variants of the current ones, and about 1 KiB per watch. Past it, idle watches (kept for `idle_ttl` after their
 	// last client) are dropped, the longest idle first; a representation
 	// that the watches with held requests leave no room for is not kept:
 	// its clients are answered `503` with `Retry-After`, and its watch

@@ -126,7 +126,7 @@ func (p *privateHold) serve(w http.ResponseWriter, next caddyhttp.Handler) (stri
 				return p.fail(w)
 			}
 		case !longpoll.MatchETag(p.lp.inm, snap.ETag):
-			return outcomeChanged, p.h.writeAnswer(w, p.r, snap, p.lp.wait, true)
+			return outcomeChanged, writeSnapshot(w, p.r, snap, p.h.variantFor(w, p.r, snap), p.lp.wait, true)
 		default:
 			p.cookies = snap.Header["Set-Cookie"]
 			if snap == p.latest {
@@ -187,7 +187,7 @@ func (p *privateHold) timeout(w http.ResponseWriter) (string, error) {
 	if len(p.cookies) > 0 {
 		w.Header()["Set-Cookie"] = p.cookies
 	}
-	p.h.writeNotModified(w, p.r, p.latest, p.lp.wait)
+	writeNotModified(w, p.h.variantFor(w, p.r, p.latest), p.lp.wait)
 	return outcomeTimeout, nil
 }
 

@@ -275,20 +275,20 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			outcome = outcomeChanged
 		}
 		repl.Set("http.longpoll.outcome", outcome)
-		return outcome, h.writeAnswer(w, r, st.Snapshot, lp.wait, end.held)
+		return outcome, writeSnapshot(w, r, st.Snapshot, h.variantFor(w, r, st.Snapshot), lp.wait, end.held)
 	case d == longpoll.Wait && st.Snapshot != nil && st.Failure == nil:
 		// the wait ended with nothing new
 		repl.Set("http.longpoll.outcome", outcomeTimeout)
-		h.writeNotModified(w, r, st.Snapshot, lp.wait)
+		writeNotModified(w, h.variantFor(w, r, st.Snapshot), lp.wait)
 		return outcomeTimeout, nil
 	case d == longpoll.End && st.Snapshot != nil && st.Snapshot.VaryMatches(r.Header):
 		// the engine closed: answered now, from what it had
 		repl.Set("http.longpoll.outcome", outcomeShutdown)
 		if longpoll.MatchETag(lp.inm, st.Snapshot.ETag) {
-			h.writeNotModified(w, r, st.Snapshot, lp.wait)
+			writeNotModified(w, h.variantFor(w, r, st.Snapshot), lp.wait)
 			return outcomeShutdown, nil
 		}
-		return outcomeShutdown, h.writeAnswer(w, r, st.Snapshot, lp.wait, end.held)
+		return outcomeShutdown, writeSnapshot(w, r, st.Snapshot, h.variantFor(w, r, st.Snapshot), lp.wait, end.held)
 	}
 	return h.finishOther(w, r, next, repl, end, lp, d)
 }
@@ -383,31 +383,12 @@ func capOf(err error) capRule {
 	return capRules[longpoll.ErrTooManyWaiters]
 }
 
-// writeAnswer writes s as the answer to r: its variant for r's encoding
-// (compress.go), or s as it is.
-func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration, held bool) error {
-	if v := h.answerVariant(w, r, s); v != nil {
-		return writeSnapshot(w, r, s, &v.lh, v.body, wait, held)
-	}
-	return writeSnapshot(w, r, s, h.answerHeader(s), s.Body, wait, held)
-}
-
-// writeNotModified answers r 304 for s, with the headers of s's variant
-// for r's encoding.
-func (h *Handler) writeNotModified(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, wait time.Duration) {
-	if v := h.answerVariant(w, r, s); v != nil {
-		writeNotModified(w, &v.lh, wait)
-		return
-	}
-	writeNotModified(w, h.answerHeader(s), wait)
-}
-
 // writeSnapshot writes a representation. One whose status the next handler
 // reported as an error (file_server's 404) is returned as that error, with
 // the representation's headers set, so that the server's error handling
 // (handle_errors) renders it as it would without this module.
-func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, lh *lpHeader, body []byte, wait time.Duration, held bool) error {
-	copyHeader(w.Header(), lh.full, nil)
+func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot, v *variant, wait time.Duration, held bool) error {
+	copyHeader(w.Header(), v.lh.full, nil)
 	if held {
 		w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	}
@@ -416,7 +397,7 @@ func writeSnapshot(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot,
 	}
 	w.WriteHeader(s.Status)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write(body) // a client that left is no error of ours
+		_, _ = w.Write(v.body) // a client that left is no error of ours
 	}
 	return nil
 }
@@ -455,8 +436,8 @@ func copyHeader(dst, src http.Header, only []string) {
 	}
 }
 
-func writeNotModified(w http.ResponseWriter, lh *lpHeader, wait time.Duration) {
-	copyHeader(w.Header(), lh.notModified, nil)
+func writeNotModified(w http.ResponseWriter, v *variant, wait time.Duration) {
+	copyHeader(w.Header(), v.lh.notModified, nil)
 	w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	w.WriteHeader(http.StatusNotModified)
 }
