@@ -166,11 +166,36 @@ type variantKey struct {
 //
 //go:noinline
 func (h *Handler) variantFor(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot) *variant {
-	if v := h.answerVariant(w, r, s); v != nil {
-		return v
+	enc, name, ok := h.chooseEncoding(w, r, s)
+	if !ok {
+		return h.plainVariant(s)
 	}
-	return h.plainVariant(s)
+	v := s.Derived(variantKey{name: name, accept: h.SSE}, func(s *longpoll.Snapshot) any {
+		return h.makeVariant(s, enc, name)
+	}).(*variant)
+	if v.lh.full == nil {
+		return h.plainVariant(s) // it could not be compressed
+	}
+	return v
 }
+
+// notModifiedFor returns the header of a 304 that answers r for s through
+// w: that of s's variant for r's encoding (its ETag, Vary), made without
+// compressing anything, or s's own.
+//
+//go:noinline
+func (h *Handler) notModifiedFor(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot) http.Header {
+	_, name, ok := h.chooseEncoding(w, r, s)
+	if !ok {
+		return h.answerHeader(s).notModified
+	}
+	return s.Derived(variantHeadKey{name: name, accept: h.SSE}, func(s *longpoll.Snapshot) any {
+		return notModifiedOf(h.variantHeader(s, name))
+	}).(http.Header)
+}
+
+// variantHeadKey is the key of the 304 header of a variant.
+type variantHeadKey variantKey
 
 // plainKey is the key of a snapshot's plain variant.
 type plainKey struct{ accept bool }
@@ -182,31 +207,42 @@ func (h *Handler) plainVariant(s *longpoll.Snapshot) *variant {
 	}).(*variant)
 }
 
-// answerVariant returns the variant of s to answer r with through w, nil
-// for s's plain long-poll answer as it is.
-func (h *Handler) answerVariant(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot) *variant {
+// chooseEncoding returns the settings r's answer of s follows through w,
+// and the encoding they choose for it ("" for none, under the handler's
+// own compress); ok is false for an answer that is s's plain one: no
+// compression here, an encode in front that compresses nothing for r (it
+// adds Vary itself), or an answer encode would not compress.
+func (h *Handler) chooseEncoding(w http.ResponseWriter, r *http.Request, s *longpoll.Snapshot) (enc *encode.Encode, name string, ok bool) {
 	if r.Method == http.MethodHead || s.ErrorStatus || s.Head || (h.Compress != nil && h.Compress.Off) {
-		return nil // HEAD answers have no body: encode sets their headers itself
+		return nil, "", false // HEAD answers have no body: see the README
 	}
-	enc, name := encodeInFront(w)
+	enc, name = encodeInFront(w)
 	if enc != nil {
 		if name == "" {
-			return nil // nothing to compress; encode adds Vary itself
+			return nil, "", false
 		}
 	} else if c := h.Compress; c != nil && c.enc != nil {
 		enc, name = c.enc, negotiate(r, c.enc)
 	} else {
-		return nil
+		return nil, "", false
 	}
-	if !h.encodable(s, enc) {
-		return nil
+	// What handlers before this one set on the response (a header
+	// directive's Cache-Control: no-transform) counts, as encode reads it.
+	if hdr := w.Header(); hasValue(hdr["Content-Encoding"]) ||
+		httpguts.HeaderValuesContainsToken(hdr["Cache-Control"], "no-transform") {
+		return nil, "", false
 	}
-	key := variantKey{name: name, accept: h.SSE}
-	v := s.Derived(key, func(s *longpoll.Snapshot) any { return h.makeVariant(s, enc, key) }).(*variant)
-	if v.lh.full == nil {
-		return nil
+	return enc, name, h.encodable(s, enc)
+}
+
+// hasValue reports whether one of a field's values is not empty.
+func hasValue(values []string) bool {
+	for _, v := range values {
+		if v != "" {
+			return true
+		}
 	}
-	return v
+	return false
 }
 
 // negotiate returns the encoding enc chooses for r, as encode does: the
@@ -244,38 +280,63 @@ func (h *Handler) encodable(s *longpoll.Snapshot, enc *encode.Encode) bool {
 	if r := c.last.Load(); r != nil && r.enc == enc {
 		return r.ok
 	}
-	ok := encodable(enc, s, h.answerHeader(s).full)
+	ok := encodable(enc, s, withContentType(h.answerHeader(s).full, s.Body))
 	c.last.Store(&encodableResult{enc: enc, ok: ok})
 	return ok
 }
 
 func newEncodableCache(*longpoll.Snapshot) any { return new(encodableCache) }
 
-// makeVariant makes the variant of s under key, compressed with enc's
-// compressor for the key's encoding.
-func (h *Handler) makeVariant(s *longpoll.Snapshot, enc *encode.Encode, key variantKey) any {
+// withContentType returns header, with the Content-Type sniffed from body
+// if it has none, as encode (and net/http) would set it.
+func withContentType(header http.Header, body []byte) http.Header {
+	if _, ok := header["Content-Type"]; ok {
+		return header
+	}
+	h := cloneHeader(header)
+	h["Content-Type"] = []string{http.DetectContentType(body)}
+	return h
+}
+
+// variantHeader returns the header of s's answers in encoding name ("":
+// plain, varying on Accept-Encoding), less the Content-Length of a
+// compressed body.
+func (h *Handler) variantHeader(s *longpoll.Snapshot, name string) http.Header {
 	full := cloneHeader(h.answerHeader(s).full)
+	if _, ok := full["Content-Type"]; !ok {
+		full["Content-Type"] = []string{http.DetectContentType(s.Body)} // as encode sets it
+	}
 	if !varies(full, "Accept-Encoding") {
 		full["Vary"] = append(slices.Clip(full["Vary"]), "Accept-Encoding")
 	}
+	if name != "" {
+		full["Content-Encoding"] = []string{name}
+		delete(full, "Content-Length")
+		delete(full, "Accept-Ranges")
+		if etag := s.ETag; !strings.HasPrefix(etag, "W/") {
+			full["Etag"] = []string{strings.TrimSuffix(etag, `"`) + "-" + name + `"`}
+		}
+	}
+	return full
+}
+
+// makeVariant makes the variant of s in encoding name, compressed with
+// enc's compressor for it.
+func (h *Handler) makeVariant(s *longpoll.Snapshot, enc *encode.Encode, name string) any {
+	full := h.variantHeader(s, name)
 	v := &variant{body: s.Body}
-	if key.name != "" {
+	if name != "" {
 		l, _ := frontLayout()
-		body, err := compress(l.pool(enc, key.name), s.Body)
+		body, err := compress(l.pool(enc, name), s.Body)
 		if err != nil {
-			h.logger.Error("compressing a representation: answered plain", zap.String("encoding", key.name), zap.Error(err))
+			h.logger.Error("compressing a representation: answered plain", zap.String("encoding", name), zap.Error(err))
 			return &variant{}
 		}
 		if !h.DisableMetrics {
-			metrics.compressions.WithLabelValues(key.name).Inc()
+			metrics.compressions.WithLabelValues(name).Inc()
 		}
 		v.compressed, v.body = true, body
-		full["Content-Encoding"] = []string{key.name}
 		full["Content-Length"] = []string{strconv.Itoa(len(body))}
-		delete(full, "Accept-Ranges")
-		if etag := s.ETag; !strings.HasPrefix(etag, "W/") {
-			full["Etag"] = []string{strings.TrimSuffix(etag, `"`) + "-" + key.name + `"`}
-		}
 	}
 	v.lh = lpHeader{full: full, notModified: notModifiedOf(full)}
 	return v

@@ -121,12 +121,13 @@ func TestEncodable(t *testing.T) {
 		{"a 404's JSON body", 404, long, []string{"Content-Type", "application/json"}, true},
 		{"at the minimum", 200, long[:512], []string{"Content-Type", "application/json"}, false},
 		{"not a listed type", 200, long, []string{"Content-Type", "image/png"}, false},
-		{"no type", 200, long, nil, false},
+		{"no type: sniffed as encode does, text/plain", 200, long, nil, true},
+		{"no type: sniffed, binary", 200, "\x00\x01\x02" + long, nil, false},
 		{"already encoded", 200, long, []string{"Content-Type", "text/plain", "Content-Encoding", "br"}, false},
 		{"no-transform", 200, long, []string{"Content-Type", "text/plain", "Cache-Control", "public, no-transform"}, false},
 	} {
 		s, h := snap(tc.status, tc.body, tc.kv...)
-		if got := encodable(enc, s, h); got != tc.want {
+		if got := encodable(enc, s, withContentType(h, s.Body)); got != tc.want {
 			t.Errorf("%s: encodable = %v, want %v", tc.name, got, tc.want)
 		}
 	}

@@ -25,7 +25,7 @@ import (
 // real encode handler made, and their types checked. A Caddy whose encode
 // keeps them otherwise is found then: the module leaves compression to
 // encode (each answer compressed on its own, as without this module) and
-// says so once, at Provision. The same three reads serve the module's own
+// says so once per process, at Provision. The same three reads serve the module's own
 // `compress` setting, which is an encode handler's settings provisioned by
 // encode itself.
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,5 +231,77 @@ func TestIntegrationCompressOwn(t *testing.T) {
 	r := itMustSend(t, c, "GET", "/own", "Prefer", "wait=2", "Accept-Encoding", "gzip")
 	if r.Status != http.StatusOK || r.Header.Get("Content-Encoding") != "" || itHasToken(r.Header, "Vary", "Accept-Encoding") {
 		t.Errorf("no encode, no compress: got %d, Content-Encoding %q, Vary %q; want 200 plain, no Vary on Accept-Encoding", r.Status, r.Header.Get("Content-Encoding"), r.Header.Values("Vary"))
+	}
+}
+
+// TestIntegrationCompressNoValidators has an upstream that sends no ETag
+// or Last-Modified, so that every poll gets the same answer in full: the
+// version is still compressed once, not once per poll; and a 304 names the
+// client's variant without compressing anything.
+func TestIntegrationCompressNoValidators(t *testing.T) {
+	tc := itStart(t)
+	up := newItUpstream(t)
+	var body atomic.Value
+	body.Store(`{"v":"` + strings.Repeat("one ", 400) + `"}`)
+	up.setServe("/nv", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, body.Load().(string))
+	})
+	itLoad(t, tc, itConfig("", "\tencode gzip\n"+itSite("interval 100ms\nmax_wait 10s", up)))
+	c, _ := itClient(t)
+	gz := compressions("gzip")
+	var tag string
+	for i := range 4 {
+		r := itMustSend(t, c, "GET", "/nv", "Prefer", "wait=5", "Accept-Encoding", "gzip")
+		if r.Status != http.StatusOK || decoded(t, r) != body.Load().(string) || r.Header.Get("Content-Encoding") != "gzip" {
+			t.Fatalf("request %d: got %d, Content-Encoding %q; want 200 gzip", i, r.Status, r.Header.Get("Content-Encoding"))
+		}
+		tag = r.Header.Get("Etag")
+		time.Sleep(300 * time.Millisecond) // polls in between, each with the whole answer
+	}
+	if polls := up.hitsFor("/nv"); polls < 4 {
+		t.Fatalf("upstream requests: %d, want polls between the requests", polls)
+	}
+	if d := compressions("gzip") - gz; d != 1 {
+		t.Errorf("compressions of one version over several polls without validators: %v, want 1", d)
+	}
+
+	// A new version, answered plain once; a gzip client that has it gets a
+	// 304 naming its gzip variant, and nothing is compressed for that.
+	body.Store(`{"v":"` + strings.Repeat("two ", 400) + `"}`)
+	var plain itReply
+	itWaitFor(t, "the new version", 10*time.Second, func() bool {
+		plain = itMustSend(t, c, "GET", "/nv", "Prefer", "wait=1")
+		return plain.Status == http.StatusOK && plain.Body == body.Load().(string)
+	})
+	newTag := plain.Header.Get("Etag")
+	gz = compressions("gzip")
+	r := itMustSend(t, c, "GET", "/nv", "Prefer", "wait=1", "Accept-Encoding", "gzip", "If-None-Match", newTag)
+	want := strings.TrimSuffix(newTag, `"`) + `-gzip"`
+	if r.Status != http.StatusNotModified || r.Header.Get("Etag") != want || newTag == tag {
+		t.Errorf("gzip client with the version: got %d, ETag %s; want 304 with %s", r.Status, r.Header.Get("Etag"), want)
+	}
+	if d := compressions("gzip") - gz; d != 0 {
+		t.Errorf("compressions for a 304: %v, want 0", d)
+	}
+}
+
+// TestIntegrationCompressRespectsHeaders has a header directive set
+// Cache-Control: no-transform on every response before longpoll: encode
+// leaves such a response alone, and so does the module.
+func TestIntegrationCompressRespectsHeaders(t *testing.T) {
+	tc := itStart(t)
+	up := newItUpstream(t)
+	text := strings.Repeat("text ", 400)
+	up.set("/nt", http.StatusOK, text, "Content-Type", "text/plain")
+	itLoad(t, tc, itConfig("", "\theader Cache-Control no-transform\n\tencode gzip\n"+itSite("interval 100ms\nmax_wait 10s", up)))
+	c, _ := itClient(t)
+	gz := compressions("gzip")
+	r := itMustSend(t, c, "GET", "/nt", "Prefer", "wait=2", "Accept-Encoding", "gzip")
+	if r.Status != http.StatusOK || r.Body != text || r.Header.Get("Content-Encoding") != "" {
+		t.Errorf("no-transform set before longpoll: got %d, Content-Encoding %q; want 200 plain", r.Status, r.Header.Get("Content-Encoding"))
+	}
+	if d := compressions("gzip") - gz; d != 0 {
+		t.Errorf("compressions: %v, want 0", d)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -316,7 +317,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.Compress.provision(ctx); err != nil {
 			return err
 		}
-	} else if _, err := frontLayout(); err != nil {
+	} else if _, err := frontLayout(); err != nil && layoutWarned.CompareAndSwap(false, true) {
 		h.logger.Warn("an encode in front compresses each long-poll answer on its own: this module cannot read its settings in this version of Caddy", zap.Error(err))
 	}
 	warnUnreachable(ctx, h.logger)
@@ -348,6 +349,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	return nil
 }
+
+// layoutWarned is set once the process has said that it cannot read the
+// settings of an encode in front (encodefront.go).
+var layoutWarned atomic.Bool
 
 // useLogger makes h log through l, and its hub too if it has one.
 func (h *Handler) useLogger(l *zap.Logger) {

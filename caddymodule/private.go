@@ -187,7 +187,7 @@ func (p *privateHold) timeout(w http.ResponseWriter) (string, error) {
 	if len(p.cookies) > 0 {
 		w.Header()["Set-Cookie"] = p.cookies
 	}
-	writeNotModified(w, p.h.variantFor(w, p.r, p.latest), p.lp.wait)
+	writeNotModified(w, p.h.notModifiedFor(w, p.r, p.latest), p.lp.wait)
 	return outcomeTimeout, nil
 }
 

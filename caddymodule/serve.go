@@ -279,13 +279,13 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	case d == longpoll.Wait && st.Snapshot != nil && st.Failure == nil:
 		// the wait ended with nothing new
 		repl.Set("http.longpoll.outcome", outcomeTimeout)
-		writeNotModified(w, h.variantFor(w, r, st.Snapshot), lp.wait)
+		writeNotModified(w, h.notModifiedFor(w, r, st.Snapshot), lp.wait)
 		return outcomeTimeout, nil
 	case d == longpoll.End && st.Snapshot != nil && st.Snapshot.VaryMatches(r.Header):
 		// the engine closed: answered now, from what it had
 		repl.Set("http.longpoll.outcome", outcomeShutdown)
 		if longpoll.MatchETag(lp.inm, st.Snapshot.ETag) {
-			writeNotModified(w, h.variantFor(w, r, st.Snapshot), lp.wait)
+			writeNotModified(w, h.notModifiedFor(w, r, st.Snapshot), lp.wait)
 			return outcomeShutdown, nil
 		}
 		return outcomeShutdown, writeSnapshot(w, r, st.Snapshot, h.variantFor(w, r, st.Snapshot), lp.wait, end.held)
@@ -436,8 +436,8 @@ func copyHeader(dst, src http.Header, only []string) {
 	}
 }
 
-func writeNotModified(w http.ResponseWriter, v *variant, wait time.Duration) {
-	copyHeader(w.Header(), v.lh.notModified, nil)
+func writeNotModified(w http.ResponseWriter, nm http.Header, wait time.Duration) {
+	copyHeader(w.Header(), nm, nil)
 	w.Header()["Preference-Applied"] = preferenceApplied(wait)
 	w.WriteHeader(http.StatusNotModified)
 }

@@ -492,7 +492,6 @@ func stats(upstream string) (upstreamStats, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-// clusterLines are the longpoll block's cluster settings, if any.
 // compression is how the Caddy under test compresses (the compress
 // phase): "" not at all; "encode", with `encode gzip zstd` in front of
 // longpoll; "encode-each", the same with `compress off` (encode compresses
@@ -513,6 +512,7 @@ func compressLines() string {
 	return ""
 }
 
+// clusterLines are the longpoll block's cluster settings, if any.
 func clusterLines() string {
 	if clusterURL == "" {
 		return ""

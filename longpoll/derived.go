@@ -36,7 +36,8 @@ type Sizer interface {
 
 type derivedValue struct {
 	key   any
-	once  sync.Once
+	mu    sync.Mutex // held while the value is made
+	done  atomic.Bool
 	value any
 }
 
@@ -52,16 +53,29 @@ func (s *Snapshot) Derived(key any, make func(*Snapshot) any) any {
 	if dv == nil {
 		dv = s.derived.add(key)
 	}
-	dv.once.Do(func() {
-		dv.value = make(s)
-		if sz, ok := dv.value.(Sizer); ok && sz.Size() > 0 {
-			s.derived.bytes.Add(sz.Size())
-			if w := s.derived.owner.Load(); w != nil {
-				w.grew(s)
-			}
-		}
-	})
+	if dv.done.Load() {
+		return dv.value
+	}
+	dv.make(s, make)
 	return dv.value
+}
+
+// make makes dv's value, unless another caller did while this one waited.
+// A make that panics leaves no value: the next caller makes it again.
+func (dv *derivedValue) make(s *Snapshot, make func(*Snapshot) any) {
+	dv.mu.Lock()
+	defer dv.mu.Unlock()
+	if dv.done.Load() {
+		return
+	}
+	dv.value = make(s)
+	dv.done.Store(true)
+	if sz, ok := dv.value.(Sizer); ok && sz.Size() > 0 {
+		s.derived.bytes.Add(sz.Size())
+		if w := s.derived.owner.Load(); w != nil {
+			w.grew(s)
+		}
+	}
 }
 
 // add returns the entry of key, adding it if it is not there yet.

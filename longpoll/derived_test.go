@@ -94,3 +94,15 @@ func TestDerivedSlowValueDoesNotBlockOthers(t *testing.T) {
 }
 
 type keyC struct{}
+
+// A make that panics leaves no value behind: the next caller makes it.
+func TestDerivedPanicIsRetried(t *testing.T) {
+	s := mustSnapshot(t, "body")
+	func() {
+		defer func() { _ = recover() }()
+		s.Derived(keyA{}, func(*longpoll.Snapshot) any { panic("make failed") })
+	}()
+	if got := s.Derived(keyA{}, func(*longpoll.Snapshot) any { return "made" }); got != "made" {
+		t.Errorf("Derived after a make that panicked = %v, want the value made again", got)
+	}
+}

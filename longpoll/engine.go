@@ -51,8 +51,11 @@ func (f FetcherFunc) Fetch(ctx context.Context, route any, prev *Snapshot) (*Sna
 // requests joining and leaving watches of different keys do not wait for
 // each other (shards.go).
 //
-// Lock order: a shard's mu (shared or alone), then watch.mu, then topicsMu; routesMu is taken
-// alone, by routes opening and closing only. Nothing outside the engine is called with any of them held.
+// Lock order: a shard's mu (shared or alone), then watch.mu, then
+// topicsMu; routesMu is taken alone, by routes opening and closing only.
+// The Fetcher, an Idler and Join's newFetcher are never called with any of
+// them held; an Observer and the logger are called with a watch's mu held,
+// and must return quickly.
 type Engine struct {
 	cfg      atomic.Pointer[Config]
 	logger   func() *zap.Logger
@@ -182,23 +185,27 @@ func (e *Engine) subscribeNew(sh *shard, key Key, topic string) (*Subscription, 
 		e.forget(sh, w)
 		w = nil
 	}
-	if max := e.config().MaxActive; max > 0 && e.active.Load() >= int64(max) && (w == nil || w.idle()) {
+	max := e.config().MaxActive
+	if w != nil {
+		return w.subscribe(max, false)
+	}
+	// The place among max_watches is taken before the watch is made: a
+	// watch refused one is never made.
+	if !e.takeActive(max) {
 		return nil, ErrTooManyWatches
 	}
-	if w == nil {
-		w = newWatch(e, key, topic)
-		sh.watches[key] = w
-		e.count.Add(1)
-		e.topicsMu.Lock()
-		set := e.topics[topic]
-		if set == nil {
-			set = make(map[*watch]struct{})
-			e.topics[topic] = set
-		}
-		set[w] = struct{}{}
-		e.topicsMu.Unlock()
+	w = newWatch(e, key, topic)
+	sh.watches[key] = w
+	e.count.Add(1)
+	e.topicsMu.Lock()
+	set := e.topics[topic]
+	if set == nil {
+		set = make(map[*watch]struct{})
+		e.topics[topic] = set
 	}
-	return w.subscribe(), nil
+	set[w] = struct{}{}
+	e.topicsMu.Unlock()
+	return w.subscribe(max, true)
 }
 
 // Join is Subscribe, then SetFetcher with newFetcher() if the watch has no
@@ -213,6 +220,21 @@ func (e *Engine) Join(key Key, topic string, newFetcher func() Fetcher) (*Subscr
 		sub.SetFetcher(newFetcher())
 	}
 	return sub, nil
+}
+
+// takeActive counts one more watch with subscribers, unless max (0: no
+// cap) are counted already. Joins of different watches take places at
+// once, from different shards: the count is the only arbiter.
+func (e *Engine) takeActive(max int) bool {
+	for {
+		n := e.active.Load()
+		if max > 0 && n >= int64(max) {
+			return false
+		}
+		if e.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // list returns the engine's watches, for visiting them one at a time

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -313,6 +314,43 @@ func TestDerivedSizeCounts(t *testing.T) {
 		st.Snapshot.Derived(struct{ sizedKey }{}, func(*longpoll.Snapshot) any { return sized(5000) })
 		if got := e.Stats().Bytes; got != before {
 			t.Errorf("a value derived from a replaced snapshot: the watches hold %d, want %d", got, before)
+		}
+	})
+}
+
+// An upstream that sends the same answer in full at every poll (no
+// validators to make polls conditional) leaves the snapshot held as it is,
+// and what was derived from it (its compressed variants) with it.
+func TestSameAnswerKeepsSnapshot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEngine(t, longpoll.Config{Interval: time.Second, IdleTTL: time.Hour})
+		f := newFake(serve("same body")) // a new Snapshot object at every poll
+		sub := subscribe(t, e, longpoll.KeyOf("same"), f)
+		defer sub.Close()
+		first := fresh(t, sub).Snapshot
+		made := 0
+		mk := func(*longpoll.Snapshot) any { made++; return sized(100) }
+		first.Derived(sizedKey{}, mk)
+		time.Sleep(3500 * time.Millisecond) // three more polls
+		synctest.Wait()
+		if n := f.calls.Load(); n < 4 {
+			t.Fatalf("polls: %d, want at least 4", n)
+		}
+		if got := sub.State().Snapshot; got != first {
+			t.Errorf("after polls that found the same answer: a new snapshot is held, want the first (its derived values with it)")
+		}
+		sub.State().Snapshot.Derived(sizedKey{}, mk)
+		if made != 1 {
+			t.Errorf("derived value made %d times, want once", made)
+		}
+		// new validators are a new snapshot (the next poll sends them)
+		f.setScript(func(context.Context, *longpoll.Snapshot, int64) (*longpoll.Snapshot, error) {
+			return longpoll.NewSnapshot(200, http.Header{"Content-Type": {"text/plain"}, "Etag": {`"v2"`}}, []byte("same body"), nil)
+		})
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := sub.State().Snapshot; got == first || got.UpstreamETag != `"v2"` {
+			t.Errorf("after a poll with a new upstream ETag: got the same snapshot (upstream ETag %q), want a new one with \"v2\"", got.UpstreamETag)
 		}
 	})
 }

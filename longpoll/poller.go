@@ -7,8 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -343,11 +345,32 @@ func (w *watch) succeeded(snap, prev *Snapshot, now time.Time) PollResult {
 	// The same version: only a recovery wakes the subscribers, for those
 	// that were told of the failure (a stream that had no version yet
 	// sends the current one, and is told of the next run of failures).
-	w.publish(&State{Snapshot: snap, Previous: cur.Previous, Since: cur.Since}, cur.Failure != nil)
+	// The snapshot held stays if the new one says nothing else (an
+	// upstream without validators sends the same answer in full, a
+	// cluster's follower reads it again): what was derived from it, its
+	// compressed variants, stays with it.
+	keep := snap
+	if snap != cur.Snapshot && sameAnswer(cur.Snapshot, snap) {
+		keep = cur.Snapshot
+	}
+	w.publish(&State{Snapshot: keep, Previous: cur.Previous, Since: cur.Since}, cur.Failure != nil)
 	if snap == prev {
 		return PollNotModified // the Fetcher's answer to an upstream 304
 	}
 	return PollUnchanged
+}
+
+// sameAnswer reports whether two snapshots of one ETag are the same in
+// everything a client or the next poll sees: headers, validators, kind,
+// Vary (the ETag covers the status, the content headers and the body).
+func sameAnswer(a, b *Snapshot) bool {
+	return a.ETag == b.ETag && a.Status == b.Status && a.ErrorStatus == b.ErrorStatus &&
+		a.Head == b.Head && a.Private == b.Private &&
+		a.UpstreamETag == b.UpstreamETag && a.LastModified == b.LastModified &&
+		maps.EqualFunc(a.Header, b.Header, slices.Equal) &&
+		slices.EqualFunc(a.Vary, b.Vary, func(x, y VaryField) bool {
+			return x.Name == y.Name && x.Hashed == y.Hashed && slices.Equal(x.Values, y.Values)
+		})
 }
 
 // ignorable reports whether snap differs from cur only in the fields that

@@ -14,9 +14,9 @@ import (
 // other: invisible on two cores, a queue on thirty-two. So the engine's map
 // of watches is split by key into shards, each with its own lock: requests
 // for different keys meet only when their keys fall in the same shard (one
-// in shardCount), and then only to make or drop a watch: joining and
-// leaving one that exists takes the shard's lock shared. Requests for one
-// key meet on its watch's lock, as they must. Keys are SHA-256 hashes, so their first byte spreads them
+// in shardCount), and then only to make or drop a watch: joining one that
+// exists takes the shard's lock shared, and leaving it takes only the
+// watch's. Requests for one key meet on its watch's lock, as they must. Keys are SHA-256 hashes, so their first byte spreads them
 // evenly. Each shard also has its own context for the polls of its
 // watches: a poll's context is registered with its parent's, under that
 // parent's lock, and ten thousand watches polling at once would otherwise

@@ -21,27 +21,31 @@ import (
 // nothing joins and nothing is left.
 func TestShardsJoinLeaveExpire(t *testing.T) {
 	const keys, workers, joins = 300, 8, 400
-	f := longpoll.FetcherFunc(func(_ context.Context, route any, _ *longpoll.Snapshot) (*longpoll.Snapshot, error) {
-		return snapshotOf("body")
-	})
+	// each key's watch gets a Fetcher that answers that key's body
+	fetcherOf := func(k int) func() longpoll.Fetcher {
+		return func() longpoll.Fetcher {
+			return longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+				return snapshotOf("body " + strconv.Itoa(k))
+			})
+		}
+	}
 	e := newEngine(t, longpoll.Config{
 		Interval: time.Hour, IdleTTL: time.Millisecond,
 		MaxMemory: 64 << 10, // room for a few dozen idle watches: eviction runs
 	})
-	fetcherFor := func() longpoll.Fetcher { return f }
 	var wg sync.WaitGroup
 	for g := range workers {
 		wg.Go(func() {
 			for i := range joins {
 				k := (g*7919 + i*31) % keys
-				sub, err := e.Join(longpoll.KeyOf("k", strconv.Itoa(k)), "/t/"+strconv.Itoa(k), fetcherFor)
+				sub, err := e.Join(longpoll.KeyOf("k", strconv.Itoa(k)), "/t/"+strconv.Itoa(k), fetcherOf(k))
 				if err != nil {
 					t.Errorf("Join = %v", err)
 					return
 				}
 				st, err := sub.Fresh(context.Background())
-				if err != nil || st.Snapshot == nil || string(st.Snapshot.Body) != "body" {
-					t.Errorf("Fresh = %+v, %v, want the body", st, err)
+				if want := "body " + strconv.Itoa(k); err != nil || st.Snapshot == nil || string(st.Snapshot.Body) != want {
+					t.Errorf("Fresh = %+v, %v, want %q", st, err, want)
 				}
 				if got := sub.Topic(); got != "/t/"+strconv.Itoa(k) {
 					t.Errorf("Topic = %q, want /t/%d", got, k)
@@ -74,7 +78,7 @@ func TestShardsJoinLeaveExpire(t *testing.T) {
 	for g := range workers {
 		late.Go(func() {
 			for i := range 200 {
-				sub, err := e.Join(longpoll.KeyOf("late", strconv.Itoa(g), strconv.Itoa(i)), "/late", fetcherFor)
+				sub, err := e.Join(longpoll.KeyOf("late", strconv.Itoa(g), strconv.Itoa(i)), "/late", fetcherOf(i))
 				if errors.Is(err, longpoll.ErrClosed) {
 					return
 				}
@@ -101,5 +105,61 @@ func TestShardsJoinLeaveExpire(t *testing.T) {
 	}
 	if n := e.Notify([]string{"/*"}); n != 0 {
 		t.Errorf("Notify after Close reached %d watches, want 0", n)
+	}
+}
+
+// max_watches holds however many joins of idle watches race from every
+// shard at once: the place is taken with the count, never after a check.
+func TestShardsMaxActiveUnderRace(t *testing.T) {
+	const watches, max = 200, 10
+	e := newEngine(t, longpoll.Config{Interval: time.Hour, IdleTTL: time.Hour, MaxActive: max})
+	f := longpoll.FetcherFunc(func(context.Context, any, *longpoll.Snapshot) (*longpoll.Snapshot, error) {
+		return snapshotOf("body")
+	})
+	newFetcher := func() longpoll.Fetcher { return f }
+	keys := make([]longpoll.Key, watches)
+	for i := range keys {
+		keys[i] = longpoll.KeyOf("max", strconv.Itoa(i))
+		sub, err := e.Join(keys[i], "/max", newFetcher)
+		if err != nil {
+			t.Fatalf("making watch %d: %v", i, err)
+		}
+		sub.Close() // idle: every watch exists, none is active
+	}
+	for round := range 20 {
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		subs := make([]*longpoll.Subscription, watches*2)
+		for i := range subs {
+			wg.Go(func() {
+				<-start
+				k := keys[i%watches]
+				if i >= watches {
+					k = longpoll.KeyOf("new", strconv.Itoa(round), strconv.Itoa(i)) // a watch to make
+				}
+				sub, err := e.Join(k, "/max", newFetcher)
+				if err == nil {
+					subs[i] = sub
+				} else if !errors.Is(err, longpoll.ErrTooManyWatches) {
+					t.Errorf("Join = %v, want nil or ErrTooManyWatches", err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		active := map[longpoll.Key]bool{}
+		for _, sub := range subs {
+			if sub != nil {
+				active[sub.Key()] = true
+			}
+		}
+		if got := e.Stats().Active; len(active) != max || got != max {
+			t.Fatalf("round %d: %d watches joined, Stats().Active = %d; want max_watches, %d", round, len(active), got, max)
+		}
+		for _, sub := range subs {
+			if sub != nil {
+				sub.Close()
+			}
+		}
 	}
 }

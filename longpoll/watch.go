@@ -60,10 +60,11 @@ func newWatch(e *Engine, key Key, topic string) *watch {
 	return w
 }
 
-func (w *watch) subscribe() *Subscription {
+// subscribe adds a subscriber; see subscribeLocked.
+func (w *watch) subscribe(maxActive int, taken bool) (*Subscription, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.subscribeLocked()
+	return w.subscribeLocked(maxActive, taken)
 }
 
 // join subscribes to a watch found in its shard, with the shard's lock
@@ -76,18 +77,20 @@ func (w *watch) join(maxActive int) (*Subscription, error) {
 	if w.state.Load().Passthrough && time.Now().After(w.passUntil) {
 		return nil, nil
 	}
-	if maxActive > 0 && w.subs == 0 && w.e.active.Load() >= int64(maxActive) {
-		return nil, ErrTooManyWatches
-	}
-	return w.subscribeLocked(), nil
+	return w.subscribeLocked(maxActive, false)
 }
 
-// subscribeLocked adds a subscriber. It must be called with w.mu held.
-func (w *watch) subscribeLocked() *Subscription {
+// subscribeLocked adds a subscriber. The first one makes the watch active:
+// it takes one of the maxActive places (0: no cap), unless the caller has
+// taken it already (taken), or fails with ErrTooManyWatches. It must be
+// called with w.mu held.
+func (w *watch) subscribeLocked(maxActive int, taken bool) (*Subscription, error) {
+	if w.subs == 0 && !taken && !w.e.takeActive(maxActive) {
+		return nil, ErrTooManyWatches
+	}
 	w.subs++
 	sub := &Subscription{w: w}
 	if w.subs == 1 {
-		w.e.active.Add(1)
 		w.e.activeBytes.Add(w.size)
 		w.idleSince = time.Time{}
 		w.idleTimer.Stop()
@@ -96,7 +99,7 @@ func (w *watch) subscribeLocked() *Subscription {
 	// Every subscriber that arrives while the poll that freshens stale data
 	// is under way waits for it, not only the one that started it.
 	sub.await = w.freshPoll
-	return sub
+	return sub, nil
 }
 
 func (w *watch) unsubscribe() {
@@ -166,13 +169,6 @@ func (w *watch) notify() bool {
 		w.schedule()
 	}
 	return true
-}
-
-// idle reports whether w has no subscriber.
-func (w *watch) idle() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.subs == 0
 }
 
 // expired reports whether a pass-through watch should be probed again,
