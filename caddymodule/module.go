@@ -147,8 +147,9 @@ type Handler struct {
 
 	// The most memory, in bytes, the handler's watches may hold: the
 	// representations they keep (bodies up to `max_body`), the compressed
-	// variants of the current ones, and about 1 KiB per watch. Past it, idle watches (kept for `idle_ttl` after their
-	// last client) are dropped, the longest idle first; a representation
+	// variants of the current ones, and about 1 KiB per watch. Past it,
+	// idle watches (kept for `idle_ttl` after their last client) are
+	// dropped, the longest idle first; a representation
 	// that the watches with held requests leave no room for is not kept:
 	// its clients are answered `503` with `Retry-After`, and its watch
 	// backs off. At least twice `max_body`; a negative value removes the
