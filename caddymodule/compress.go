@@ -227,9 +227,14 @@ func (h *Handler) chooseEncoding(w http.ResponseWriter, r *http.Request, s *long
 		return nil, "", false
 	}
 	// What handlers before this one set on the response (a header
-	// directive's Cache-Control: no-transform) counts, as encode reads it.
-	if hdr := w.Header(); hasValue(hdr["Content-Encoding"]) ||
-		httpguts.HeaderValuesContainsToken(hdr["Cache-Control"], "no-transform") {
+	// directive's Cache-Control: no-transform) counts, as encode reads it,
+	// unless the answer's own field replaces it (writeSnapshot sets every
+	// field the answer has).
+	own, hdr := h.answerHeader(s).full, w.Header()
+	if _, set := own["Content-Encoding"]; !set && hasValue(hdr["Content-Encoding"]) {
+		return nil, "", false
+	}
+	if _, set := own["Cache-Control"]; !set && httpguts.HeaderValuesContainsToken(hdr["Cache-Control"], "no-transform") {
 		return nil, "", false
 	}
 	return enc, name, h.encodable(s, enc)
@@ -288,9 +293,9 @@ func (h *Handler) encodable(s *longpoll.Snapshot, enc *encode.Encode) bool {
 func newEncodableCache(*longpoll.Snapshot) any { return new(encodableCache) }
 
 // withContentType returns header, with the Content-Type sniffed from body
-// if it has none, as encode (and net/http) would set it.
+// if it has none (or an empty one), as encode (and net/http) would set it.
 func withContentType(header http.Header, body []byte) http.Header {
-	if _, ok := header["Content-Type"]; ok {
+	if ct := header["Content-Type"]; len(ct) > 0 && ct[0] != "" {
 		return header
 	}
 	h := cloneHeader(header)
@@ -303,7 +308,7 @@ func withContentType(header http.Header, body []byte) http.Header {
 // compressed body.
 func (h *Handler) variantHeader(s *longpoll.Snapshot, name string) http.Header {
 	full := cloneHeader(h.answerHeader(s).full)
-	if _, ok := full["Content-Type"]; !ok {
+	if ct := full["Content-Type"]; len(ct) == 0 || ct[0] == "" {
 		full["Content-Type"] = []string{http.DetectContentType(s.Body)} // as encode sets it
 	}
 	if !varies(full, "Accept-Encoding") {

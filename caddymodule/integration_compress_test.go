@@ -304,4 +304,17 @@ func TestIntegrationCompressRespectsHeaders(t *testing.T) {
 	if d := compressions("gzip") - gz; d != 0 {
 		t.Errorf("compressions: %v, want 0", d)
 	}
+
+	// The upstream's own Cache-Control replaces the header directive's in
+	// the answer: encode would compress it, and so the module does, once.
+	up.set("/cc", http.StatusOK, text, "Content-Type", "text/plain", "Cache-Control", "no-cache")
+	for range 2 {
+		r = itMustSend(t, c, "GET", "/cc", "Prefer", "wait=2", "Accept-Encoding", "gzip")
+		if r.Status != http.StatusOK || decoded(t, r) != text || r.Header.Get("Content-Encoding") != "gzip" || r.Header.Get("Cache-Control") != "no-cache" {
+			t.Errorf("the upstream's Cache-Control: got %d, Content-Encoding %q, Cache-Control %q; want 200 gzip, no-cache", r.Status, r.Header.Get("Content-Encoding"), r.Header.Get("Cache-Control"))
+		}
+	}
+	if d := compressions("gzip") - gz; d != 1 {
+		t.Errorf("compressions of /cc answered twice: %v, want 1", d)
+	}
 }

@@ -45,9 +45,10 @@ type derivedValue struct {
 // make the first time it is asked for: every other caller, at once or
 // later, gets that same value (one that comes while it is being made waits
 // for it). key is a comparable value of the caller's own type, as for
-// context keys. make is called at most once per key, with the snapshot; it
-// may call Derived for another key, never for its own. Values live and die
-// with the snapshot.
+// context keys. make is called once per key, with the snapshot (again
+// only if it panicked: a make that panics leaves no value); it may call
+// Derived for another key, never for its own. Values live and die with the
+// snapshot.
 func (s *Snapshot) Derived(key any, make func(*Snapshot) any) any {
 	dv := s.derived.lookup(key)
 	if dv == nil {
